@@ -1,0 +1,74 @@
+"""The Task contract: the single seam between the core (model, loop, checkpoints) and a task.
+
+The core never imports a task module directly; it asks `rewardtune.tasks.make_task(config)` and
+then only uses the fields below.
+
+Shapes: B = batch of images, N = samples per image, T = tokens, V = vocabulary size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+
+
+class Codec(Protocol):
+    """Turns a task target into tokens and any token sequence back into a valid output."""
+
+    vocab_size: int  # number of output tokens (the end token included)
+    max_len: int  # longest sequence, end token included
+    end_token: int
+
+    def encode(self, target: Any, rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+        """-> LongTensor[T] ending with `end_token` (T <= max_len). `rng` drives random orders."""
+
+    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> Any:
+        """Any token sequence (ends at the first end token) -> a valid, possibly empty, output.
+
+        `step_log_probs`: FloatTensor[T, V], the model's log-probabilities at each position
+        (for scores, e.g. detection's expected IoU); None when not available.
+        """
+
+    def grammar(self) -> Optional[torch.Tensor]:
+        """BoolTensor[max_len, V] of tokens allowed at each position, or None (all allowed)."""
+
+
+# A reward: (outputs, targets) -> (FloatTensor[len(outputs)], {part name: FloatTensor[...]}).
+# Pure: no I/O, no globals, no randomness. `targets[i]` is the target of `outputs[i]`.
+RewardFn = Callable[[Sequence[Any], Sequence[Any]], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+# Metrics over a split: (outputs, targets, ids) -> {name: float}, as the field's reference tool.
+MetricsFn = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], "dict[str, float]"]
+
+# Auxiliary loss on samples: (step_log_probs FloatTensor[B*N, T, V] with grad, tokens LongTensor[B*N, T],
+# outputs, targets) -> scalar tensor (already weighted). Detection's IoU-confidence loss.
+AuxLossFn = Callable[[torch.Tensor, torch.Tensor, Sequence[Any], Sequence[Any]], torch.Tensor]
+
+
+@dataclass
+class Example:
+    """One item of a split: image FloatTensor[3, H, W] in [0, 1], the task target, the image id."""
+
+    image: torch.Tensor
+    target: Any
+    id: Any
+
+
+@dataclass
+class Task:
+    """Everything the core needs from a task; task state (class counts, vocab...) is bound inside."""
+
+    name: str
+    codec: Codec
+    datasets: Callable[[], "dict[str, Sequence[Example]]"]  # {"train": ..., "val": ...}, lazily built
+    rewards: "dict[str, RewardFn]"
+    metrics: MetricsFn
+    write_predictions: Callable[[Sequence[Any], Sequence[Any], str], None]  # (outputs, ids, out_dir)
+    visualize: Callable[[np.ndarray, Any, Any], np.ndarray]  # (HxWx3 uint8, output, target) -> HxWx3 uint8
+    aux_loss: Optional[AuxLossFn] = None
+    # Per-sample numbers logged during tuning, e.g. boxes per image: (outputs, targets) -> {name: float}
+    sample_stats: Optional[Callable[[Sequence[Any], Sequence[Any]], "dict[str, float]"]] = None
+    state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints
+    primary_metric: str = "score"  # the validation metric that picks the best checkpoint
