@@ -147,7 +147,7 @@ def from_dict(raw: dict) -> Config:
     """Build and validate a Config from a (possibly partial) nested dict."""
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a JSON object at the top level")
-    known = {"task", "task_options", *_SECTIONS}
+    known = {"task", "task_options", "about", *_SECTIONS}  # "about": the recipe's notes, ignored
     for key in raw:
         if key not in known:
             raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(known))})")

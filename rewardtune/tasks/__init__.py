@@ -20,8 +20,11 @@ TASKS = {
 
 
 def make_task(config, state: Optional[dict] = None) -> Task:
-    """Build the task named by `config.task`."""
-    if config.task not in TASKS:
-        raise ConfigError(f"config key 'task': unknown task {config.task!r} (known: {', '.join(TASKS)})")
-    module = importlib.import_module(TASKS[config.task])
+    """Build the task named by `config.task`: a built-in name, or the import path of a user module."""
+    name = TASKS.get(config.task, config.task)
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f"config key 'task': unknown task {config.task!r} (built in: {', '.join(TASKS)}; "
+                          "or the import path of a module with make_task)") from None
     return module.make_task(config, state)

@@ -65,9 +65,16 @@ class Task:
     datasets: Callable[[], "dict[str, Sequence[Example]]"]  # {"train": ..., "val": ...}, lazily built
     rewards: "dict[str, RewardFn]"
     metrics: MetricsFn
-    write_predictions: Callable[[Sequence[Any], Sequence[Any], str], None]  # (outputs, ids, out_dir)
+    # (outputs, targets, ids, out_dir): the field's standard format; targets give sizes, gray input etc.
+    write_predictions: Callable[[Sequence[Any], Sequence[Any], Sequence[Any], str], None]
     visualize: Callable[[np.ndarray, Any, Any], np.ndarray]  # (HxWx3 uint8, output, target) -> HxWx3 uint8
     aux_loss: Optional[AuxLossFn] = None
+    # RGB uint8 HxWx3 (already resized) -> what the model sees (colorization: the gray image). Datasets
+    # apply it themselves; `predict` applies it to the user's own images.
+    preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    # A target for a user image that has no annotation (original RGB uint8): sizes, gray input...
+    # used by `predict` so that write_predictions/visualize work on outputs alone.
+    target_for_image: Optional[Callable[[np.ndarray], Any]] = None
     # Per-sample numbers logged during tuning, e.g. boxes per image: (outputs, targets) -> {name: float}
     sample_stats: Optional[Callable[[Sequence[Any], Sequence[Any]], "dict[str, float]"]] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints

@@ -1,0 +1,161 @@
+"""Atomic checkpoints: written to a temporary folder, flushed, renamed, then a pointer file moved.
+
+RUN/checkpoints/step-N/{model.pt, optim.pt, rng.pt, state.json}; RUN/checkpoints/latest and
+RUN/checkpoints/best hold the name of a complete step folder. Loading never unpickles code
+(`torch.load(weights_only=True)`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+FILES = ("model.pt", "optim.pt", "rng.pt", "state.json")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_pointer(folder: str, name: str, target: str) -> None:
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(target + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(folder, name))
+    _fsync_dir(folder)
+
+
+def _save_file(obj, path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rng_state() -> tuple[dict, dict]:
+    """(tensors for rng.pt, JSON-able states for state.json) of every global RNG."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    tensors = {"torch": torch.get_rng_state()}
+    json_state = {"python": [py[0], list(py[1]), py[2]],
+                  "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    return tensors, json_state
+
+
+def restore_rng(tensors: dict, json_state: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    py = json_state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = json_state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+
+
+def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict,
+         keep: int = 2, best: bool = False) -> str:
+    """Write step-N atomically, move `latest` (and `best`), prune old step folders."""
+    folder = os.path.join(run_dir, "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    name = f"step-{step}"
+    tmp = os.path.join(folder, f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    rng_tensors, rng_json = rng_state()
+    _save_file(model.state_dict(), os.path.join(tmp, "model.pt"))
+    _save_file({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               os.path.join(tmp, "optim.pt"))
+    _save_file(rng_tensors, os.path.join(tmp, "rng.pt"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump({**state, "step": step, "rng": rng_json}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    final = os.path.join(folder, name)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(folder)
+    _write_pointer(folder, "latest", name)
+    if best:
+        _write_pointer(folder, "best", name)
+    _prune(folder, keep)
+    return final
+
+
+def _prune(folder: str, keep: int) -> None:
+    protected = {read_pointer(folder, "latest"), read_pointer(folder, "best")}
+    steps = sorted((int(n.split("-")[1]), n) for n in os.listdir(folder)
+                   if n.startswith("step-") and n.split("-")[1].isdigit())
+    for _, name in steps[:-keep] if keep else []:
+        if name not in protected:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    for name in os.listdir(folder):  # temporary folders of interrupted writes
+        if name.startswith(".tmp-"):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+def read_pointer(folder: str, name: str) -> Optional[str]:
+    try:
+        with open(os.path.join(folder, name)) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def find(run_dir: str, which: str = "latest") -> Optional[str]:
+    """Path of the complete checkpoint `which` ('latest' or 'best') of a run, or None."""
+    folder = os.path.join(run_dir, "checkpoints")
+    name = read_pointer(folder, which)
+    if name is None:
+        return None
+    path = os.path.join(folder, name)
+    if not all(os.path.exists(os.path.join(path, f)) for f in FILES):
+        raise UserError(f"{path}: checkpoint is incomplete (missing files)")
+    return path
+
+
+def load(path: str, optimizer_state: bool = True) -> dict:
+    """Read a checkpoint folder -> {"model", "optim", "rng", "state"}; refuses pickled code."""
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            state = json.load(f)
+        out = {"state": state,
+               "model": torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)}
+        if optimizer_state:
+            out["optim"] = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=True)
+            out["rng"] = torch.load(os.path.join(path, "rng.pt"), map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise UserError(f"{e.filename}: checkpoint file not found") from None
+    except json.JSONDecodeError:
+        raise UserError(f"{path}/state.json: malformed checkpoint state") from None
+    except Exception as e:  # weights_only refuses anything that is not plain tensors and containers
+        raise UserError(f"{path}: not a rewardtune checkpoint or unsafe to load ({type(e).__name__})") from None
+    return out
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: str, task: str, saved_task: str) -> None:
+    """Load a state dict, refusing another task's or another shape's checkpoint with one line."""
+    if saved_task != task:
+        raise UserError(f"{path}: checkpoint is for task '{saved_task}', not '{task}'")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next((l.strip() for l in first if "size mismatch" in l or "Missing" in l or "Unexpected" in l),
+                      first[0] if first else "")
+        raise UserError(f"{path}: checkpoint does not fit this model ({detail[:160]})") from None

@@ -1,0 +1,75 @@
+"""Greedy-decode a split, write predictions in the task's standard format, compute its metrics."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from . import checkpoint
+from .config import Config, from_dict
+from .data.files import write_json_atomic
+from .errors import UserError
+from .model.encdec import EncoderDecoder, build_model
+from .steps import decode_all
+from .tasks import make_task
+from .tasks.base import Task
+
+
+@torch.no_grad()
+def predict_split(model: EncoderDecoder, task: Task, split, indices: Sequence[int],
+                  batch_size: int = 64) -> tuple[list, list, list]:
+    """Greedy outputs (with the model's step log-probs for scores) for split[indices]."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs, targets, ids = [], [], []
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        images, tgt, idx = split.batch(indices[start:start + batch_size])
+        gen = model.generate(images.to(device), 1, greedy=True, return_step_log_probs=True)
+        outputs += decode_all(task.codec, gen, gen.step_log_probs.cpu())
+        targets += tgt
+        ids += idx
+    model.train(was_training)
+    return outputs, targets, ids
+
+
+def load_run(run_dir: str, checkpoint_name: str = "latest", overrides: Optional[dict] = None):
+    """(config, task, model) of a run folder, rebuilt from its config.json and checkpoint."""
+    from .config import load as load_config
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise UserError(f"{run_dir}: not a run folder (no config.json)")
+    config = load_config(config_path)
+    path = checkpoint.find(run_dir, checkpoint_name) or checkpoint.find(run_dir, "latest")
+    if path is None:
+        raise UserError(f"{run_dir}: run has no checkpoint yet")
+    saved = checkpoint.load(path, optimizer_state=False)
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
+    task = make_task(config, saved["state"]["task_state"])
+    model = build_model(config.model, config.data.image_size, task.codec)
+    checkpoint.load_weights(model, saved["model"], path, config.task, saved["state"].get("task"))
+    return config, task, model.eval()
+
+
+def evaluate_run(run_dir: str, split: str = "val", checkpoint_name: str = "latest",
+                 model: Optional[EncoderDecoder] = None, task: Optional[Task] = None,
+                 splits: Optional[dict] = None, max_images: int = 0) -> dict:
+    """Write RUN/eval/<split>/metrics.json and the predictions; return the metrics."""
+    if model is None or task is None:
+        _, task, model = load_run(run_dir, checkpoint_name, {"data": {"val_split": split}} if split != "val" else None)
+        splits = None
+    if splits is None:
+        splits = task.datasets()
+    data = splits["val"]
+    n = min(max_images, len(data)) if max_images else len(data)
+    outputs, targets, ids = predict_split(model, task, data, range(n))
+    metrics = {k: float(v) for k, v in task.metrics(outputs, targets, ids).items()}
+    out_dir = os.path.join(run_dir, "eval", split)
+    os.makedirs(out_dir, exist_ok=True)
+    task.write_predictions(outputs, targets, ids, out_dir)
+    write_json_atomic({**metrics, "num_images": n, "checkpoint": checkpoint_name}, os.path.join(out_dir, "metrics.json"))
+    return metrics

@@ -1,0 +1,145 @@
+"""EncoderDecoder: the task-agnostic policy. Teacher-forced log-probs and cached sampling.
+
+Shapes: B images, N samples per image, T tokens, V vocabulary, M encoder tokens, C width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .decoder import Decoder
+from .vit import ViTEncoder
+
+MASKED = -1e9  # logit of a token the grammar forbids (finite, so 0 * logit stays 0)
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # LongTensor[B*N, L]; after the end token every position holds the end token
+    lengths: torch.Tensor  # LongTensor[B*N]; tokens up to and including the end token (L if none)
+    log_probs: torch.Tensor  # FloatTensor[B*N]; sum of the chosen tokens' log-probs up to the end
+    ended: torch.Tensor  # BoolTensor[B*N]; whether the sequence emitted the end token
+    step_log_probs: Optional[torch.Tensor] = None  # FloatTensor[B*N, L, V] when requested
+
+
+class EncoderDecoder(nn.Module):
+    """ViT encoder + causal decoder. `forward` is `log_probs`, so DDP can wrap it."""
+
+    def __init__(self, image_size: int, vocab_size: int, max_len: int, end_token: int, *,
+                 stem: str = "conv", patch_size: int = 8, width: int = 128, encoder_depth: int = 2,
+                 decoder_depth: int = 3, heads: int = 4, mlp_ratio: float = 4.0,
+                 grammar: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.vocab_size, self.max_len, self.end_token = vocab_size, max_len, end_token
+        self.encoder = ViTEncoder(image_size, patch_size, width, encoder_depth, heads, mlp_ratio, stem)
+        self.decoder = Decoder(vocab_size, max_len, width, decoder_depth, heads, mlp_ratio)
+        if grammar is not None:
+            assert grammar.shape == (max_len, vocab_size), f"grammar {tuple(grammar.shape)}"
+        self.register_buffer("grammar", grammar, persistent=False)
+        self.apply(_init_weights)
+
+    def encode(self, images: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """Images (B, 3, S, S) -> memory (B*N, M, C), each image's row repeated N times."""
+        memory = self.encoder(images)
+        return memory.repeat_interleave(num_samples, dim=0) if num_samples > 1 else memory
+
+    def _mask(self, logits: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Apply the grammar to logits (..., T, V) for positions start..start+T-1."""
+        if self.grammar is None:
+            return logits
+        allowed = self.grammar[start:start + logits.shape[-2]]
+        return logits.masked_fill(~allowed, MASKED)
+
+    def log_probs(self, images: torch.Tensor, tokens: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """Teacher-forced log-softmax: images (B, 3, S, S), tokens (B*N, T) -> (B*N, T, V)."""
+        memory = self.encode(images, num_samples)
+        bos = torch.full_like(tokens[:, :1], self.vocab_size)
+        logits = self.decoder(torch.cat([bos, tokens[:, :-1]], dim=1), memory)
+        return torch.log_softmax(self._mask(logits).float(), dim=-1)
+
+    forward = log_probs
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, num_samples: int = 1, *, greedy: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, max_len: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None, use_cache: bool = True,
+                 return_step_log_probs: bool = False) -> Generation:
+        """Sample (Gumbel-max) or greedy-decode N sequences per image; the encoder runs once per image.
+
+        Stops as soon as every sequence has emitted the end token. Log-probs are those of the
+        model at temperature 1 under the grammar (what REINFORCE and scores use).
+        """
+        L = min(max_len or self.max_len, self.max_len)
+        memory = self.encode(images, num_samples)
+        BN = memory.shape[0]
+        tokens = torch.full((BN, L), self.end_token, dtype=torch.long, device=memory.device)
+        total = torch.zeros(BN, device=memory.device)
+        ended = torch.zeros(BN, dtype=torch.bool, device=memory.device)
+        lengths = torch.full((BN,), L, dtype=torch.long, device=memory.device)
+        steps = [] if return_step_log_probs else None
+        caches = self.decoder.init_cache(memory, L) if use_cache else None
+        prev = torch.full((BN,), self.vocab_size, dtype=torch.long, device=memory.device)
+        for t in range(L):
+            if use_cache:
+                logits = self.decoder.step(prev, caches, t)
+            else:  # recompute the whole prefix (reference path for tests and benchmarks)
+                inputs = torch.cat([tokens.new_full((BN, 1), self.vocab_size), tokens[:, :t]], dim=1)
+                logits = self.decoder(inputs, memory)[:, -1]
+            logp = torch.log_softmax(self._mask(logits[:, None].float(), t)[:, 0], dim=-1)  # (BN, V)
+            choice = self._choose(logp, greedy, temperature, top_k, generator)
+            choice = torch.where(ended, torch.full_like(choice, self.end_token), choice)
+            chosen = logp.gather(1, choice[:, None])[:, 0]
+            total += torch.where(ended, torch.zeros_like(chosen), chosen)
+            tokens[:, t] = choice
+            if steps is not None:
+                steps.append(logp)
+            newly = ~ended & (choice == self.end_token)
+            lengths[newly] = t + 1
+            ended |= newly
+            prev = choice
+            if bool(ended.all()):
+                break
+        used = int(lengths.max())
+        step_lp = torch.stack(steps, 1)[:, :used] if steps is not None else None
+        return Generation(tokens[:, :used], lengths, total, ended, step_lp)
+
+    @staticmethod
+    def _choose(logp: torch.Tensor, greedy: bool, temperature: float, top_k: int,
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+        if greedy:
+            return logp.argmax(-1)
+        scores = logp / temperature
+        if top_k and top_k < scores.shape[-1]:
+            kth = scores.topk(top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, MASKED)
+        # Gumbel-max: argmax(logits + Gumbel noise) is a sample; ~3x cheaper than multinomial here.
+        u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0)
+        return (scores - torch.log(-torch.log(u))).argmax(-1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+def sequence_log_probs(step_log_probs: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Sum of log P(token) up to and including the end token: (B, T, V), (B, T), (B,) -> (B,)."""
+    chosen = step_log_probs.gather(-1, tokens[..., None])[..., 0]  # (B, T)
+    valid = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
+    return (chosen * valid).sum(1)
+
+
+def build_model(model_config, image_size: int, codec) -> EncoderDecoder:
+    """The model for a task's codec, from `config.model`."""
+    m = model_config
+    return EncoderDecoder(image_size, codec.vocab_size, codec.max_len, codec.end_token, stem=m.stem,
+                          patch_size=m.patch_size, width=m.width, encoder_depth=m.encoder_depth,
+                          decoder_depth=m.decoder_depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
+                          grammar=codec.grammar())

@@ -1,0 +1,29 @@
+"""Recipe configs shipped with the package (rewardtune/configs/*.json), found by name or path."""
+from __future__ import annotations
+
+import json
+import os
+
+from .config import Config, apply_overrides, from_dict, load
+from .errors import ConfigError
+
+RECIPE_DIR = os.path.join(os.path.dirname(__file__), "configs")
+
+
+def recipe_names() -> list[str]:
+    return sorted(n[:-5] for n in os.listdir(RECIPE_DIR) if n.endswith(".json"))
+
+
+def resolve(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """A config file path, or the name of a shipped recipe (e.g. 'detection_mle')."""
+    if os.path.exists(name_or_path):
+        return load(name_or_path, overrides)
+    path = os.path.join(RECIPE_DIR, name_or_path + ".json")
+    if os.path.exists(path):
+        return load(path, overrides)
+    raise ConfigError(f"{name_or_path}: no such config file or recipe (recipes: {', '.join(recipe_names())})")
+
+
+def recipe_dict(name: str) -> dict:
+    with open(os.path.join(RECIPE_DIR, name + ".json")) as f:
+        return json.load(f)

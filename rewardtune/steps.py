@@ -1,0 +1,120 @@
+"""The two step functions of the one training loop: an MLE step and a REINFORCE step.
+
+Each takes the batch and returns (loss tensor with grad, logs of floats). Nothing task-specific:
+the task enters only through the Task contract (codec, reward, auxiliary loss, sample stats).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss
+from .model.encdec import EncoderDecoder, sequence_log_probs
+from .tasks.base import Task
+
+
+@dataclass
+class StepContext:
+    task: Task
+    model: torch.nn.Module  # the module to call for gradients (DDP wrapper or the model)
+    policy: EncoderDecoder  # the bare model, for sampling
+    train: Any  # config.train
+    reward_fn: Optional[Callable] = None
+    reference: Optional[EncoderDecoder] = None  # frozen initial model for the optional KL term
+
+
+def pad_sequences(seqs: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of LongTensor[T_i] -> (LongTensor[B, max T], lengths LongTensor[B])."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = s
+    return out, lengths
+
+
+def mle_step(ctx: StepContext, images: torch.Tensor, targets: list, rng: np.random.Generator,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """Teacher-forced negative log-likelihood of the encoded targets."""
+    codec = ctx.task.codec
+    tokens, lengths = pad_sequences([codec.encode(t, rng) for t in targets], codec.end_token)
+    tokens, lengths = tokens.to(images.device), lengths.to(images.device)
+    step_lp = ctx.model(images, tokens)
+    loss = mle_loss(step_lp, tokens, lengths)
+    return loss, {"loss": loss.item(), "target_length": float(lengths.float().mean())}
+
+
+def decode_all(codec, gen, step_log_probs: Optional[torch.Tensor] = None) -> list:
+    """Decode every generated sequence up to its length."""
+    tokens, lengths = gen.tokens.cpu(), gen.lengths.cpu()
+    return [codec.decode(tokens[i, :lengths[i]].tolist(),
+                         None if step_log_probs is None else step_log_probs[i, :lengths[i]])
+            for i in range(tokens.shape[0])]
+
+
+def reward_step(ctx: StepContext, images: torch.Tensor, targets: list, rng: np.random.Generator,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """REINFORCE with a leave-one-out (or greedy) baseline, plus the task's auxiliary loss."""
+    cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
+    gen = ctx.policy.generate(images, n, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
+    outputs = decode_all(task.codec, gen)
+    repeated = [t for t in targets for _ in range(n)]
+    rewards, parts = ctx.reward_fn(outputs, repeated)
+    rewards = torch.as_tensor(rewards, dtype=torch.float32).view(len(targets), n)
+    if cfg.baseline == "greedy":
+        greedy = ctx.policy.generate(images, 1, greedy=True)
+        base, _ = ctx.reward_fn(decode_all(task.codec, greedy), targets)
+        advantages = rewards - torch.as_tensor(base, dtype=torch.float32).view(-1, 1)
+    else:
+        advantages = leave_one_out_advantage(rewards)
+    tokens, lengths = gen.tokens, gen.lengths
+    step_lp = ctx.model(images, tokens, n)  # (B*N, T, V)
+    seq_lp = sequence_log_probs(step_lp, tokens, lengths)
+    loss = reinforce_loss(seq_lp, advantages.flatten().to(seq_lp.device))
+    logs = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "reward_max": float(rewards.max()),
+            "all_equal_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
+            "sample_length": float(lengths.float().mean()), "no_end_rate": float((~gen.ended).float().mean()),
+            "pg_loss": loss.item()}
+    if task.aux_loss is not None and cfg.aux_weight > 0:
+        aux = task.aux_loss(step_lp, tokens, outputs, repeated)
+        loss = loss + cfg.aux_weight * aux
+        logs["aux_loss"] = aux.item()
+    if ctx.reference is not None and cfg.kl_weight > 0:
+        with torch.no_grad():
+            ref_lp = ctx.reference.log_probs(images, tokens, n)
+        kl = kl_to_reference(step_lp, ref_lp, lengths)
+        loss = loss + cfg.kl_weight * kl
+        logs["kl"] = kl.item()
+    for name, value in (parts or {}).items():
+        logs[f"reward_{name}"] = float(torch.as_tensor(value, dtype=torch.float32).mean())
+    if task.sample_stats is not None:
+        logs.update({k: float(v) for k, v in task.sample_stats(outputs, repeated).items()})
+    logs["loss"] = loss.item()
+    return loss, logs
+
+
+STEPS = {"mle": mle_step, "reward": reward_step}
+
+
+def resolve_reward(task: Task, name: str) -> Callable:
+    """A task reward by name, or any `package.module:function` with the same signature."""
+    if not name:
+        name = next(iter(task.rewards))
+    if name in task.rewards:
+        return task.rewards[name]
+    if ":" not in name:
+        raise ConfigError(f"config key 'train.reward': unknown reward {name!r} for task '{task.name}' "
+                          f"(built in: {', '.join(task.rewards)}; or give package.module:function)")
+    module_name, fn_name = name.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"config key 'train.reward': cannot import {name!r} ({e})") from None
+    if not callable(fn):
+        raise ConfigError(f"config key 'train.reward': {name!r} is not callable")
+    return fn

@@ -1,0 +1,249 @@
+"""The one training loop for both stages: `pretrain` (MLE) and `tune` (REINFORCE).
+
+Every step's randomness derives from (seed, step, rank) and the data order from (seed, epoch), so
+a run resumed from its latest checkpoint continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import checkpoint, distributed
+from .config import Config, save as save_config
+from .errors import UserError
+from .evaluate import evaluate_run, predict_split
+from .model.encdec import build_model
+from .steps import STEPS, StepContext, resolve_reward
+from .tasks import make_task
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's share of the global batch of `step`: a fresh permutation of the split every epoch."""
+    start, idx = step * batch, []
+    for pos in range(start + rank * batch // world, start + (rank + 1) * batch // world):
+        epoch, offset = divmod(pos, n)
+        perm = _permutation(seed, epoch, n)
+        idx.append(int(perm[offset]))
+    return idx
+
+
+_PERM_CACHE: dict = {}
+
+
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    key = (seed, epoch, n)
+    if key not in _PERM_CACHE:
+        _PERM_CACHE.clear()
+        _PERM_CACHE[key] = np.random.default_rng([seed, epoch, 7]).permutation(n)
+    return _PERM_CACHE[key]
+
+
+def lr_lambda(cfg):
+    """Linear warm-up, then cosine to min_lr_ratio or constant."""
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+
+
+class MetricsLog:
+    """RUN/metrics.jsonl: one JSON object per logged step. On resume, lines after the step are dropped."""
+
+    def __init__(self, path: str, resume_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled and os.path.exists(path):
+            with open(path) as f:
+                kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _starting_point(config: Config, run_dir: str, init_dir: Optional[str]):
+    """(checkpoint to resume from, checkpoint to initialise weights from) -- at most one is used."""
+    resume = checkpoint.find(run_dir, "latest")
+    if resume or not init_dir:
+        return resume, None
+    init = checkpoint.find(init_dir, "best") or checkpoint.find(init_dir, "latest")
+    if init is None:
+        raise UserError(f"{init_dir}: no checkpoint to start from (run pretrain first)")
+    return None, init
+
+
+def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate_at_end: bool = True) -> dict:
+    """Run (or resume) one stage in `run_dir`; returns the final validation metrics."""
+    d = distributed.setup()
+    cfg = config.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size % d.world:
+        raise UserError(f"config key 'train.batch_size': {cfg.batch_size} is not divisible by {d.world} processes")
+    resume, init = _starting_point(config, run_dir, init_dir)
+    source = checkpoint.load(resume) if resume else checkpoint.load(init, optimizer_state=False) if init else None
+    task = make_task(config, source["state"]["task_state"] if source else None)
+    splits = task.datasets()
+    train_split, val_split = splits["train"], splits["val"]
+    torch.manual_seed(cfg.seed)
+    model = build_model(config.model, config.data.image_size, task.codec).to(d.device)
+    if source:
+        checkpoint.load_weights(model, source["model"], resume or init, config.task, source["state"].get("task"))
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_weight > 0 else None
+    optimizer, scheduler = make_optimizer(model, cfg)
+    state = {"task": config.task, "task_state": task.state, "config": config.to_dict(),
+             "best_metric": None, "evals_since_best": 0, "nonfinite_total": 0}
+    start = 0
+    if resume:
+        optimizer.load_state_dict(source["optim"]["optimizer"])
+        scheduler.load_state_dict(source["optim"]["scheduler"])
+        checkpoint.restore_rng(source["rng"], source["state"]["rng"])
+        state.update({k: source["state"][k] for k in ("best_metric", "evals_since_best", "nonfinite_total")})
+        start = source["state"]["step"]
+    if d.main:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(config, os.path.join(run_dir, "config.json"))
+    wrapped = model
+    if d.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    ctx = StepContext(task, wrapped, model, cfg, resolve_reward(task, cfg.reward) if cfg.stage == "reward" else None,
+                      reference)
+    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), start, d.main)
+    loop = _Loop(config, run_dir, d, task, model, optimizer, scheduler, state, log, ctx, train_split, val_split)
+    loop.run(start)
+    distributed.barrier(d)
+    metrics = {}
+    if evaluate_at_end and d.main:
+        chosen = "best" if cfg.patience else "latest"  # patience means the best checkpoint was selected
+        metrics = evaluate_run(run_dir, split="val", checkpoint_name=chosen, task=task, splits=splits,
+                               model=None if chosen == "best" else model)
+    distributed.barrier(d)
+    distributed.teardown(d)
+    return metrics
+
+
+class _Loop:
+    """Holds the pieces of one stage; `run` is the loop, `_step` one optimisation step."""
+
+    def __init__(self, config, run_dir, d, task, model, optimizer, scheduler, state, log, ctx, train_split, val_split):
+        vars(self).update({k: v for k, v in locals().items() if k != "self"})
+        self.cfg = config.train
+        self.step_fn = STEPS[self.cfg.stage]
+        self.nonfinite_run = 0
+
+    def run(self, start: int) -> None:
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=start, disable=not self.d.main, dynamic_ncols=True,
+                   desc=f"{cfg.stage} {os.path.basename(os.path.abspath(self.run_dir))}")
+        t0, window = time.time(), []
+        if self.state.get("finished"):
+            start = cfg.steps  # a run that already ended (or stopped early) stays ended
+        for step in range(start, cfg.steps):
+            logs = self._step(step)
+            window.append(logs)
+            bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                mean = distributed.all_mean({k: float(np.mean([w[k] for w in window if k in w]))
+                                             for k in window[-1]}, self.d)
+                record = {"step": done, **{f"train/{k}": v for k, v in mean.items()},
+                          "train/lr": self.scheduler.get_last_lr()[0], "time": round(time.time() - t0, 3)}
+                self.log.write(record)
+                bar.set_postfix({k: f"{mean[k]:.4g}" for k in ("loss", "reward") if k in mean})
+                window = []
+            stop = False
+            is_best = False
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                is_best, stop = self._validate(done)
+            if done == cfg.steps or stop:
+                self.state["finished"] = True
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or is_best or stop:
+                self._save(done, is_best)
+            if stop:
+                if self.d.main:
+                    tqdm.write(f"stopping at step {done}: val/{self.task.primary_metric} has not improved for "
+                               f"{cfg.patience} evaluations (best {self.state['best_metric']:.4f})")
+                break
+        bar.close()
+
+    def _step(self, step: int) -> dict:
+        cfg, d = self.cfg, self.d
+        idx = batch_indices(step, cfg.batch_size, len(self.train_split), cfg.seed, d.rank, d.world)
+        images, targets, ids = self.train_split.batch(idx)
+        images = images.to(d.device)
+        rng = np.random.default_rng([cfg.seed, step, d.rank, 11])
+        generator = torch.Generator(device=d.device).manual_seed(cfg.seed * 1_000_003 + step * 101 + d.rank)
+        self.model.train()
+        loss, logs = self.step_fn(self.ctx, images, targets, rng, generator)
+        finite = distributed.all_true(bool(torch.isfinite(loss)), d)
+        if finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+            finite = distributed.all_true(bool(torch.isfinite(norm)), d)
+            logs["grad_norm"] = float(norm) if finite else float("nan")
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            self._skip(step, ids)
+        self.scheduler.step()
+        return logs
+
+    def _skip(self, step: int, ids: list) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_run += 1
+        self.state["nonfinite_total"] += 1
+        self.log.write({"step": step + 1, "train/nonfinite_skipped": 1, "batch_ids": [str(i) for i in ids]})
+        if self.nonfinite_run > self.cfg.max_nonfinite:
+            last = checkpoint.find(self.run_dir, "latest")
+            raise UserError(f"stopped at step {step + 1}: {self.nonfinite_run} non-finite losses or gradients in a "
+                            f"row (train.max_nonfinite={self.cfg.max_nonfinite}); last good checkpoint: {last}")
+
+    def _validate(self, done: int) -> tuple[bool, bool]:
+        """Greedy-decode the first eval_images val images; track the best metric for patience."""
+        is_best = stop = False
+        if self.d.main:
+            n = len(self.val_split) if not self.cfg.eval_images else min(self.cfg.eval_images, len(self.val_split))
+            outputs, targets, ids = predict_split(self.model, self.task, self.val_split, range(n))
+            metrics = self.task.metrics(outputs, targets, ids)
+            self.log.write({"step": done, **{f"val/{k}": float(v) for k, v in metrics.items()}})
+            value = float(metrics[self.task.primary_metric])
+            best = self.state["best_metric"]
+            if best is None or value > best:
+                self.state.update(best_metric=value, evals_since_best=0)
+                is_best = True
+            else:
+                self.state["evals_since_best"] += 1
+            stop = bool(self.cfg.patience) and self.state["evals_since_best"] >= self.cfg.patience
+            tqdm.write(f"step {done}: val/{self.task.primary_metric} {value:.4f}" + (" (best)" if is_best else ""))
+        return distributed.broadcast_object((is_best, stop), self.d)
+
+    def _save(self, done: int, is_best: bool) -> None:
+        if self.d.main:
+            checkpoint.save(self.run_dir, done, self.model, self.optimizer, self.scheduler, self.state,
+                            keep=self.cfg.keep_checkpoints, best=is_best)
+        distributed.barrier(self.d)

@@ -1,0 +1,78 @@
+import torch
+
+from rewardtune.losses import leave_one_out_advantage, mle_loss, reinforce_loss
+from rewardtune.model.encdec import EncoderDecoder, sequence_log_probs
+
+
+def tiny_model(grammar=None, vocab=12, max_len=9):
+    torch.manual_seed(0)
+    return EncoderDecoder(16, vocab, max_len, vocab - 1, patch_size=4, width=32, encoder_depth=1,
+                          decoder_depth=2, heads=2, grammar=grammar).eval()
+
+
+def test_cached_and_uncached_sampling_agree():
+    model = tiny_model()
+    images = torch.rand(3, 3, 16, 16)
+    a = model.generate(images, 2, greedy=True, return_step_log_probs=True)
+    b = model.generate(images, 2, greedy=True, use_cache=False, return_step_log_probs=True)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.allclose(a.log_probs, b.log_probs, atol=1e-5)
+    assert torch.allclose(a.step_log_probs, b.step_log_probs, atol=1e-5)
+    g = torch.Generator().manual_seed(3)
+    s1 = model.generate(images, 4, generator=g)
+    g = torch.Generator().manual_seed(3)
+    s2 = model.generate(images, 4, generator=g, use_cache=False)
+    assert torch.equal(s1.tokens, s2.tokens)
+
+
+def test_generation_log_probs_match_teacher_forcing():
+    model = tiny_model()
+    images = torch.rand(2, 3, 16, 16)
+    gen = model.generate(images, 3, generator=torch.Generator().manual_seed(0))
+    step_lp = model.log_probs(images, gen.tokens, 3)
+    assert torch.allclose(sequence_log_probs(step_lp, gen.tokens, gen.lengths), gen.log_probs, atol=1e-4)
+    # after the end token every position holds the end token and counts nothing
+    for row, length in zip(gen.tokens, gen.lengths):
+        assert (row[length:] == model.end_token).all()
+
+
+def test_grammar_mask_is_obeyed_and_sampling_stops_early():
+    vocab, max_len = 12, 9
+    grammar = torch.zeros(max_len, vocab, dtype=torch.bool)
+    grammar[:, 0:3] = True  # only tokens 0..2 or the end token
+    grammar[:, vocab - 1] = True
+    grammar[2:, :] = False
+    grammar[2:, vocab - 1] = True  # the end token is forced at position 2
+    model = tiny_model(grammar, vocab, max_len)
+    gen = model.generate(torch.rand(4, 3, 16, 16), 5, generator=torch.Generator().manual_seed(1))
+    assert gen.tokens.shape[1] <= 3  # stopped as soon as every sequence ended
+    assert gen.ended.all()
+    assert ((gen.tokens <= 2) | (gen.tokens == vocab - 1)).all()
+
+
+def test_top_k_one_equals_greedy():
+    model = tiny_model()
+    images = torch.rand(2, 3, 16, 16)
+    greedy = model.generate(images, 1, greedy=True)
+    top1 = model.generate(images, 1, top_k=1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(greedy.tokens, top1.tokens)
+
+
+def test_leave_one_out_advantage_by_hand():
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    adv = leave_one_out_advantage(rewards)
+    assert torch.allclose(adv, torch.tensor([[1 - 2.5, 2 - 2.0, 3 - 1.5], [0.0, 0.0, 0.0]]))
+
+
+def test_reinforce_loss_gradient_pushes_up_good_samples():
+    logp = torch.tensor([-1.0, -1.0], requires_grad=True)
+    reinforce_loss(logp, torch.tensor([1.0, -1.0])).backward()
+    assert logp.grad[0] < 0 < logp.grad[1]  # descending the loss raises the good sample's log-prob
+
+
+def test_mle_loss_ignores_positions_after_the_end():
+    step_lp = torch.log_softmax(torch.randn(2, 4, 5), -1)
+    tokens = torch.tensor([[1, 4, 0, 0], [2, 3, 4, 0]])
+    lengths = torch.tensor([2, 3])
+    expected = -(step_lp[0, 0, 1] + step_lp[0, 1, 4] + step_lp[1, 0, 2] + step_lp[1, 1, 3] + step_lp[1, 2, 4]) / 5
+    assert torch.allclose(mle_loss(step_lp, tokens, lengths), expected)

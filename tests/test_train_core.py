@@ -1,0 +1,133 @@
+"""The one loop on the toy task: steps move the model, resume is exact, bad configs fail cleanly."""
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from rewardtune import checkpoint
+from rewardtune.config import from_dict, load
+from rewardtune.errors import ConfigError, UserError
+from rewardtune.train import _Loop, batch_indices, train
+
+TOY = {"task": "toy_task", "data": {"image_size": 16},
+       "model": {"patch_size": 4, "width": 32, "encoder_depth": 1, "decoder_depth": 1, "heads": 2},
+       "train": {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 6,
+                 "checkpoint_every": 4, "log_every": 2, "seed": 3}}
+
+
+def toy(**train):
+    raw = json.loads(json.dumps(TOY))
+    raw["train"].update(train)
+    return from_dict(raw)
+
+
+def weights(run):
+    return torch.load(os.path.join(checkpoint.find(run), "model.pt"), weights_only=True)
+
+
+def records(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(l) for l in f]
+
+
+def test_mle_then_reward_steps_change_parameters_and_loss(tmp_path):
+    mle = str(tmp_path / "mle")
+    train(toy(), mle)
+    losses = [r["train/loss"] for r in records(mle) if "train/loss" in r]
+    assert losses[-1] < losses[0]
+    before = weights(mle)
+    tuned = str(tmp_path / "tuned")
+    train(toy(stage="reward", lr=1e-3, schedule="constant", num_samples=4, steps=4), tuned, init_dir=mle)
+    after = weights(tuned)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rec = [r for r in records(tuned) if "train/reward" in r]
+    assert rec and all(0.0 <= r["train/reward"] <= 1.0 for r in rec)
+    assert os.path.exists(os.path.join(tuned, "eval", "val", "metrics.json"))
+
+
+@pytest.mark.parametrize("stage", ["mle", "reward"])
+def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, stage):
+    extra = dict(stage="reward", num_samples=3, lr=1e-3) if stage == "reward" else {}
+    init = None
+    if stage == "reward":
+        init = str(tmp_path / "init")
+        train(toy(steps=4), init, evaluate_at_end=False)
+    full = str(tmp_path / "full")
+    train(toy(**extra), full, init_dir=init, evaluate_at_end=False)
+    broken = str(tmp_path / "broken")
+    original = _Loop._step
+
+    def crash_at_7(self, step):
+        if step == 7:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(_Loop, "_step", crash_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        train(toy(**extra), broken, init_dir=init, evaluate_at_end=False)
+    monkeypatch.setattr(_Loop, "_step", original)
+    assert int(checkpoint.find(broken).rsplit("-", 1)[1]) < 8  # resumes from an earlier step
+    train(toy(**extra), broken, init_dir=init, evaluate_at_end=False)
+    a, b = weights(full), weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in records(broken) if "train/loss" in r]
+    assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+
+
+def test_batch_indices_cover_each_epoch_and_shard_by_rank():
+    n, batch = 10, 4
+    seen = [i for step in range(5) for i in batch_indices(step, batch, n, seed=0)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    both = batch_indices(3, batch, n, 0, 0, 2) + batch_indices(3, batch, n, 0, 1, 2)
+    assert both == batch_indices(3, batch, n, 0)
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="train.lrr"):
+        from_dict({"train": {"lrr": 1}})
+    with pytest.raises(ConfigError, match="train.lr"):
+        from_dict({"train": {"lr": -1}})
+    with pytest.raises(ConfigError, match="model.stem"):
+        from_dict({"model": {"stem": "resnet"}})
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        from_dict({"train": {"batch_size": "big"}})
+    path = tmp_path / "c.json"
+    path.write_text('{"train": {"lr": 0.1')
+    with pytest.raises(ConfigError, match="c.json"):
+        load(str(path))
+    path.write_text(json.dumps(TOY))
+    config = load(str(path), ["train.lr=3e-5", "model.width=64"])
+    assert config.train.lr == 3e-5 and config.model.width == 64
+
+
+def test_run_config_is_a_valid_config(tmp_path):
+    run = str(tmp_path / "run")
+    train(toy(steps=2, eval_every=2, checkpoint_every=2), run, evaluate_at_end=False)
+    config = load(os.path.join(run, "config.json"))
+    assert config.to_dict() == toy(steps=2, eval_every=2, checkpoint_every=2).to_dict()
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    run = str(tmp_path / "run")
+    train(toy(steps=2, eval_every=2, checkpoint_every=2), run, evaluate_at_end=False)
+    path = checkpoint.find(run)
+    with open(os.path.join(path, "model.pt"), "wb") as f:
+        pickle.dump({"w": Boom()}, f)
+    with pytest.raises(UserError, match="unsafe|not a rewardtune"):
+        checkpoint.load(path)
+
+
+def test_checkpoint_of_another_model_shape_is_refused(tmp_path):
+    run = str(tmp_path / "run")
+    train(toy(steps=2, eval_every=2, checkpoint_every=2), run, evaluate_at_end=False)
+    raw = json.loads(json.dumps(TOY))
+    raw["model"]["width"] = 64
+    with pytest.raises(UserError, match="does not fit"):
+        train(from_dict(raw), str(tmp_path / "other"), init_dir=run)
