@@ -61,6 +61,17 @@ def cmd_demo(args) -> None:
     run_demo(args.task, args.out, quick=args.quick)
 
 
+def cmd_analyze(args) -> None:
+    from .analysis import analyze_run
+    analyze_run(args.run, init_dir=args.init, samples=args.samples, images=args.images, out_dir=args.out,
+                seed=args.seed, batch_size=args.batch_size, checkpoint_name=args.checkpoint)
+
+
+def cmd_report(args) -> None:
+    from .report.html import write_report
+    print(write_report(args.runs, args.out, images=args.images))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rewardtune", description="Tune vision models with task rewards.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--gt-json")
     sc.add_argument("--gt-dir")
     sc.set_defaults(fn=cmd_score)
+
+    a = sub.add_parser("analyze", help="sample pools of a run (and its MLE init): reward distribution, "
+                                       "best-of-N, likelihood reranking")
+    a.add_argument("run")
+    a.add_argument("--init", help="the MLE run the tuned run started from (its best checkpoint, analysed as 'mle')")
+    a.add_argument("--samples", type=int, required=True, help="samples per image (K), e.g. 1000")
+    a.add_argument("--images", type=int, default=16, help="the first N val images")
+    a.add_argument("--out", help="output folder (default RUN/analysis, which the report picks up)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--batch-size", type=int, default=256, help="sequences per sampling call (memory bound)")
+    a.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    a.set_defaults(fn=cmd_analyze)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of runs side by side")
+    r.add_argument("runs", nargs="+", metavar="RUN")
+    r.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    r.add_argument("--images", type=int, default=8, help="val images in the gallery")
+    r.set_defaults(fn=cmd_report)
     return p
 
 
@@ -127,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"rewardtune: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `rewardtune score ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("rewardtune: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

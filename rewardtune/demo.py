@@ -40,31 +40,32 @@ def run_demo(task: str, out: str, quick: bool = False) -> dict:
     data_root = os.path.abspath(os.path.join(out, "data"))
     world = {**WORLDS.get(task, WORLDS["detection"]), **(QUICK_WORLD if quick else {})}
     if not os.path.exists(os.path.join(data_root, "world.json")):
-        print(f"[1/4] generating the shapes world in {data_root} ({world})", flush=True)
+        print(f"[1/5] generating the shapes world in {data_root} ({world})", flush=True)
         generate_shapes(data_root, **world)
     mle_cfg = _stage_config(task, "mle", data_root, quick)
     tune_cfg = _stage_config(task, "tune", data_root, quick)
-    print(f"[2/4] MLE pretraining -> {out}/mle", flush=True)
+    print(f"[2/5] MLE pretraining -> {out}/mle", flush=True)
     mle = train(mle_cfg, os.path.join(out, "mle"))
-    print(f"[3/4] reward tuning ({tune_cfg.train.reward}) -> {out}/tuned", flush=True)
+    print(f"[3/5] reward tuning ({tune_cfg.train.reward}) -> {out}/tuned", flush=True)
     tuned = train(tune_cfg, os.path.join(out, "tuned"), init_dir=os.path.join(out, "mle"))
-    print("[4/4] results on the val split", flush=True)
+    print("[4/5] results on the val split", flush=True)
     keys = sorted(set(mle) & set(tuned))
     width = max(len(k) for k in keys) if keys else 8
     print(f"{'metric':<{width}}  {'MLE':>8}  {'tuned':>8}")
     for k in keys:
         print(f"{k:<{width}}  {mle[k]:8.4f}  {tuned[k]:8.4f}")
-    report = _report(out)
+    report = _report(out, quick)
     print(f"done in {time.time() - t0:.0f} s" + (f"; report: {report}" if report else ""))
     return {"mle": mle, "tuned": tuned}
 
 
-def _report(out: str):
-    """Write DIR/report.html when the report module exists (issue 6)."""
-    try:
-        from .report.html import write_report
-    except ImportError:
-        return None
+def _report(out: str, quick: bool) -> str:
+    """Analyse the tuned run's sample pool against its MLE start, then write DIR/report.html."""
+    from .analysis import analyze_run
+    from .report.html import write_report
+    print("[5/5] sample-pool analysis and report", flush=True)
+    analyze_run(os.path.join(out, "tuned"), init_dir=os.path.join(out, "mle"), samples=20 if quick else 100,
+                images=4 if quick else 16)
     path = os.path.join(out, "report.html")
     write_report([os.path.join(out, "mle"), os.path.join(out, "tuned")], path)
     return path

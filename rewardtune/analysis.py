@@ -1,0 +1,212 @@
+"""`rewardtune analyze RUN [--init MLE_RUN]`: the paper's analysis of a run's sample pool (SPEC.md 3).
+
+For the first N val images, draw K samples per image from each model (MLE init and tuned), score
+every sample with every reward of the task, and write:
+
+    OUT/samples.jsonl   one row per sample: {"model", "image", "sample", "log_prob", "<reward>": ...}
+    OUT/summary.json    per model and reward: mean, median, top-1 % (p99), greedy, best-of-N and
+                        likelihood-reranked curves (exact, see report/stats.py)
+    OUT/*.png           reward distribution, best-of-N / reranking, reward-risk progression
+
+Samples and greedy outputs are decoded as the reward step decodes them (no step log-probs), so
+their rewards are the ones tuning optimised. Sampling is at temperature 1 (the model's own
+distribution), in chunks of `batch_size` sequences with the KV cache, and deterministic given the
+seed: image i's samples come from a generator seeded with (seed, i), whatever N is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data.files import write_json_atomic
+from .errors import UserError
+from .evaluate import load_run
+from .model.encdec import EncoderDecoder
+from .report import stats
+from .steps import decode_all, resolve_reward
+from .tasks.base import Task
+
+CURVE_POINTS = (1, 10, 100, 1000, 10000)
+
+
+@dataclass
+class SamplePool:
+    """K scored samples per image from one model. Rewards: {name: (I, K)}; greedy: {name: (I,)}."""
+
+    ids: list
+    log_probs: np.ndarray  # (I, K)
+    rewards: dict = field(default_factory=dict)  # {reward name: (I, K)}
+    parts: dict = field(default_factory=dict)  # {"reward/part": (I, K)} per-sample parts of rewards
+    greedy: dict = field(default_factory=dict)  # {reward name: (I,)}
+
+
+def score_outputs(rewards: dict, outputs: Sequence[Any], targets: Sequence[Any]) -> tuple[dict, dict]:
+    """Every reward fn of {name: fn} on outputs -> ({name: (n,)}, {"name/part": (n,)} for per-sample parts)."""
+    values, parts = {}, {}
+    for name, fn in rewards.items():
+        result = fn(list(outputs), list(targets))
+        total, named = result if isinstance(result, tuple) else (result, {})
+        values[name] = torch.as_tensor(total, dtype=torch.float64).reshape(-1).cpu().numpy()
+        for part, value in (named or {}).items():
+            value = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+            if value.numel() == len(outputs) and part != name:
+                parts[f"{name}/{part}"] = value.cpu().numpy()
+    return values, parts
+
+
+@torch.no_grad()
+def sample_pool(model: EncoderDecoder, task: Task, split, indices: Sequence[int], num_samples: int, *,
+                seed: int = 0, batch_size: int = 256, temperature: float = 1.0,
+                rewards: Optional[dict] = None, bar: Optional[tqdm] = None) -> SamplePool:
+    """Draw and score `num_samples` samples (and the greedy output) for each image split[i], i in indices.
+
+    rewards: {name: reward fn}, default every reward of the task.
+    """
+    reward_fns = rewards if rewards is not None else task.rewards
+    model.eval()
+    device = next(model.parameters()).device
+    indices = list(indices)
+    images, targets, ids = split.batch(indices)
+    greedy = model.generate(images.to(device), 1, greedy=True)
+    greedy_rewards, _ = score_outputs(reward_fns, decode_all(task.codec, greedy), targets)
+    log_probs, rewards, parts = [], {}, {}
+    for row, (i, target) in enumerate(zip(indices, targets)):
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(i))
+        image = images[row:row + 1].to(device)
+        chunks = []
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            gen = model.generate(image, n, temperature=temperature, generator=generator)
+            values, named = score_outputs(reward_fns, decode_all(task.codec, gen), [target] * n)
+            chunks.append((gen.log_probs.double().cpu().numpy(), values, named))
+            if bar is not None:
+                bar.update(n)
+        log_probs.append(np.concatenate([c[0] for c in chunks]))
+        for store, k in ((rewards, 1), (parts, 2)):
+            for name in chunks[0][k]:
+                store.setdefault(name, []).append(np.concatenate([c[k][name] for c in chunks]))
+    stack = lambda d: {name: np.stack(rows) for name, rows in d.items()}  # noqa: E731
+    return SamplePool(list(ids), np.stack(log_probs), stack(rewards), stack(parts), greedy_rewards)
+
+
+def summarize_pool(pool: SamplePool) -> dict:
+    """{reward: distribution summary + best-of-N and reranked values and full curves}."""
+    out = {}
+    for name, table in pool.rewards.items():
+        best, reranked = stats.best_of_n_curve(table), stats.rerank_curve(table, pool.log_probs)
+        out[name] = {**stats.reward_summary(table, pool.greedy[name]),
+                     "best_of_n": stats.at(best, CURVE_POINTS), "reranked": stats.at(reranked, CURVE_POINTS),
+                     "greedy_per_image": pool.greedy[name].tolist(),
+                     "best_of_n_curve": best.tolist(), "rerank_curve": reranked.tolist()}
+    return out
+
+
+def write_samples(pools: dict, path: str) -> None:
+    """Per-sample rows of every pool as JSONL."""
+    with open(path + ".tmp", "w") as f:
+        for label, pool in pools.items():
+            columns = {**pool.rewards, **pool.parts}
+            for row, image_id in enumerate(pool.ids):
+                for j in range(pool.log_probs.shape[1]):
+                    record = {"model": label, "image": image_id, "sample": j,
+                              "log_prob": round(float(pool.log_probs[row, j]), 6)}
+                    record.update({name: float(table[row, j]) for name, table in columns.items()})
+                    f.write(json.dumps(record, default=str) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_metrics_log(run_dir: str) -> list[dict]:
+    """RUN/metrics.jsonl as a list of records ([] when absent); unreadable lines are skipped."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return [r for r in records if isinstance(r, dict)]
+
+
+def _models(run_dir: str, init_dir: Optional[str], checkpoint_name: str) -> dict:
+    """{label: (run_dir, checkpoint, config, task, model)}: the init as "mle", the run by its stage."""
+    config, task, model = load_run(run_dir, checkpoint_name)
+    models = {}
+    if init_dir:
+        # tuning starts from the init's best checkpoint (else its latest): analyse that one
+        models["mle"] = (init_dir, "best", *load_run(init_dir, "best"))
+    label = "tuned" if config.train.stage == "reward" else "mle"
+    if label in models:
+        label = "run"
+    models[label] = (run_dir, checkpoint_name, config, task, model)
+    return models
+
+
+def _reward_fns(task: Task, tuned_on: str) -> dict:
+    """Every reward of the task, plus the user reward (package.module:function) the run was tuned on."""
+    fns = dict(task.rewards)
+    if tuned_on and tuned_on not in fns:
+        fns[tuned_on] = resolve_reward(task, tuned_on)
+    return fns
+
+
+def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100, images: int = 16,
+                out_dir: Optional[str] = None, seed: int = 0, batch_size: int = 256,
+                checkpoint_name: str = "latest", temperature: float = 1.0) -> dict:
+    """Sample, score, summarise and plot a run (and its MLE init); returns the summary written to OUT."""
+    from .report import plots
+    if samples < 1 or images < 1 or batch_size < 1:
+        raise UserError("analyze: --samples, --images and the batch size must be >= 1")
+    t0 = time.time()
+    models = _models(run_dir, init_dir, checkpoint_name)
+    _, _, config, task, _ = models[list(models)[-1]]
+    out_dir = out_dir or os.path.join(run_dir, "analysis")
+    os.makedirs(out_dir, exist_ok=True)
+    split = task.datasets()["val"]  # one split for both models: the same images
+    indices = range(min(images, len(split)))
+    if not indices:
+        raise UserError(f"{run_dir}: the val split is empty; nothing to analyse")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bar = tqdm(total=len(models) * len(indices) * samples, unit="sample", dynamic_ncols=True, desc="analyze")
+    pools = {}
+    for label, (_, _, _, model_task, model) in models.items():
+        bar.set_postfix(model=label)
+        pools[label] = sample_pool(model.to(device), model_task, split, indices, samples, seed=seed,
+                                   batch_size=batch_size, temperature=temperature,
+                                   rewards=_reward_fns(model_task, config.train.reward), bar=bar)
+    bar.close()
+    rewards = list(pools[list(pools)[-1]].rewards)
+    primary = config.train.reward if config.train.reward in rewards else rewards[0]
+    summary = {"run": os.path.abspath(run_dir), "init": os.path.abspath(init_dir) if init_dir else None,
+               "task": task.name, "samples": samples, "images": len(indices), "seed": seed,
+               "temperature": temperature, "primary_reward": primary, "rewards": rewards,
+               "primary_metric": task.primary_metric,
+               "checkpoints": {label: [os.path.abspath(m[0]), m[1]] for label, m in models.items()},
+               "models": {label: summarize_pool(pool) for label, pool in pools.items()}}
+    write_samples(pools, os.path.join(out_dir, "samples.jsonl"))
+    plots.analysis_plots(summary, pools, read_metrics_log(run_dir), out_dir)
+    summary["time_s"] = round(time.time() - t0, 2)
+    write_json_atomic(summary, os.path.join(out_dir, "summary.json"))
+    print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A short plain-text table of the headline numbers, one line per model and reward."""
+    lines = [f"{summary['samples']} samples x {summary['images']} val images ({summary['task']})"]
+    for label, per_reward in summary["models"].items():
+        for name, s in per_reward.items():
+            bon = " ".join(f"{n}:{v:.3f}" for n, v in s["best_of_n"].items())
+            rr = " ".join(f"{n}:{v:.3f}" for n, v in s["reranked"].items())
+            lines.append(f"{label:>6} {name}: mean {s['mean']:.3f} median {s['median']:.3f} top1% {s['p99']:.3f} "
+                         f"greedy {s['greedy']:.3f} | best-of-N {bon} | reranked {rr}")
+    return "\n".join(lines)

@@ -1,0 +1,437 @@
+"""The synthetic shapes world: shapes (things) on textured background regions (stuff), as COCO files.
+
+`generate_shapes` writes, from a seed, images with COCO instances, panoptic (PNG + JSON) and captions
+annotations in the COCO 2017 layout, so all four tasks read it through the loaders for real COCO.
+
+Conventions:
+- Lengths in a `WorldLevel` (min_size, max_size, grid) are pixels of a 64x64 image; they scale with
+  `image_size` (x1.5 at 96, x2 at 128), so a level is the same world at any resolution.
+- Shapes are drawn in order; later ones occlude earlier ones. A shape is only placed if no earlier
+  shape loses more than `max_overlap` of its area (else it is redrawn elsewhere), so every annotated
+  object keeps most of itself visible. max_overlap = 0 keeps boxes at least 1 px apart.
+- Boxes, areas and masks describe the VISIBLE part: bbox = tight box of visible pixels [x, y, w, h].
+- Panoptic PNGs have no void: every pixel is a thing (segment id j = the j-th instance annotation of
+  the image, whose id is image_id * 100 + j) or stuff (segment id 1000 + its category id).
+- Image ids: train 1.., val 10^8 + 1.., test 2 * 10^8 + 1..; file names are the 12-digit id.
+- Image i of split s is drawn from `np.random.default_rng([seed, s, i])`: the same arguments give
+  byte-identical files, and a split does not depend on the sizes of the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from .files import write_json_atomic
+from .shapes_captions import describe
+from ..errors import ConfigError
+
+KINDS: list[str] = ["circle", "square", "triangle", "diamond", "cross", "star", "hexagon"]
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40), "green": (50, 175, 60), "blue": (45, 85, 215), "yellow": (235, 215, 45),
+    "purple": (140, 60, 185), "orange": (240, 135, 30), "pink": (240, 120, 185), "cyan": (40, 195, 205),
+}
+
+
+@dataclass(frozen=True)
+class Stuff:
+    colour: tuple[int, int, int]
+    texture: str  # gradient | stripes | speckle | waves | blotch
+    like: tuple[str, ...] = ()  # shape colours too close to this one (left out unless colour_overlap)
+
+
+STUFF: dict[str, Stuff] = {
+    "sky": Stuff((135, 185, 230), "gradient", ("blue", "cyan")),
+    "grass": Stuff((80, 140, 60), "stripes", ("green",)),
+    "sand": Stuff((215, 195, 140), "speckle", ("yellow", "orange")),
+    "water": Stuff((45, 95, 150), "waves", ("blue", "cyan")),
+    "rock": Stuff((115, 105, 100), "blotch"),
+    "snow": Stuff((232, 234, 240), "speckle"),
+}
+STUFF_ID_OFFSET = 101  # stuff category ids are 101, 102, ...; thing ids are 1..len(KINDS)
+SPLITS = ("train", "val", "test")
+SPLIT_ID_OFFSET = 10**8
+MAX_OBJECTS = 99  # annotation id = image_id * 100 + j
+
+
+@dataclass(frozen=True)
+class WorldLevel:
+    """How crowded and how hard a shapes world is (lengths in pixels of a 64x64 image)."""
+    min_objects: int
+    max_objects: int
+    min_size: float  # shape box side
+    max_size: float
+    max_overlap: float = 0.0  # most of an object's area later shapes may hide (0: boxes kept apart)
+    num_regions: int = 1  # background stuff regions, each a different stuff class
+    texture: float = 0.0  # 0..1 strength of the background texture
+    colour_overlap: bool = True  # shapes may take colours like those of the background
+    grid: float = 0.0  # box edges and sides on a grid of this many px (0 = off)
+    shading: float = 0.0  # 0..1 brightness ramp across each shape
+    cluster: float = 0.0  # chance a shape is placed against an earlier one (touching)
+
+    def __post_init__(self):
+        rules = [
+            ("min_objects", 0 <= self.min_objects <= MAX_OBJECTS, f"must be in 0..{MAX_OBJECTS}"),
+            ("max_objects", self.min_objects <= self.max_objects <= MAX_OBJECTS,
+             f"must be in min_objects..{MAX_OBJECTS}"),
+            ("min_size", 3 <= self.min_size <= 64, "must be in 3..64"),
+            ("max_size", self.min_size <= self.max_size <= 64, "must be in min_size..64"),
+            ("max_overlap", 0 <= self.max_overlap < 1, "must be in [0, 1)"),
+            ("num_regions", 1 <= self.num_regions <= len(STUFF), f"must be in 1..{len(STUFF)}"),
+            ("texture", 0 <= self.texture <= 1, "must be in [0, 1]"),
+            ("grid", 0 <= self.grid <= 16, "must be in [0, 16]"),
+            ("shading", 0 <= self.shading <= 1, "must be in [0, 1]"),
+            ("cluster", 0 <= self.cluster <= 1, "must be in [0, 1]"),
+        ]
+        for key, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"world level: {key}={getattr(self, key)!r} {rule}")
+
+
+LEVELS: dict[str, WorldLevel] = {
+    # Detection is solved here (see MEASURED.md): 32 coordinate bins are exact at 64 px.
+    "easy": WorldLevel(1, 3, 14, 32, max_overlap=0.0, num_regions=1, texture=0.0,
+                       colour_overlap=False, grid=2),
+    "medium": WorldLevel(1, 6, 10, 28, max_overlap=0.25, num_regions=2, texture=0.5,
+                         colour_overlap=False, shading=0.3),
+    "crowded": WorldLevel(6, 12, 8, 16, max_overlap=0.3, num_regions=2, texture=0.5,
+                          colour_overlap=True, shading=0.3, cluster=0.3),
+    # Meant for 96 or 128 px images (8-15 or 10-20 px shapes).
+    "dense": WorldLevel(10, 20, 5, 10, max_overlap=0.35, num_regions=3, texture=0.7,
+                        colour_overlap=True, shading=0.4, cluster=0.5),
+}
+
+
+# ---- shape masks ---------------------------------------------------------------------------------
+
+def _star_kites(points: int = 5, inner: float = 0.45) -> list[np.ndarray]:
+    """A star as convex kites (centre, inner, tip, inner), scaled to span [-1, 1] on both axes."""
+    angles = -np.pi / 2 + np.arange(2 * points) * np.pi / points
+    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
+    v = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
+    lo, hi = v.min(0), v.max(0)
+    v = 2 * (v - lo) / (hi - lo) - 1
+    centre = 2 * (0 - lo) / (hi - lo) - 1
+    return [np.stack([centre, v[i - 1], v[i], v[(i + 1) % len(v)]]) for i in range(0, len(v), 2)]
+
+
+_T = 0.36  # half-width of a cross's arms
+_PIECES: dict[str, list[np.ndarray]] = {  # convex pieces, vertices in [-1, 1]^2, y down
+    "square": [np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])],
+    "triangle": [np.array([[0, -1], [1, 1], [-1, 1]])],
+    "diamond": [np.array([[0, -1], [1, 0], [0, 1], [-1, 0]])],
+    "hexagon": [np.array([[-1, 0], [-0.5, -1], [0.5, -1], [1, 0], [0.5, 1], [-0.5, 1]])],
+    "cross": [np.array([[-1, -_T], [1, -_T], [1, _T], [-1, _T]]),
+              np.array([[-_T, -1], [_T, -1], [_T, 1], [-_T, 1]])],
+    "star": _star_kites(),
+}
+
+
+def _inside_convex(vertices: np.ndarray, x: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
+    """Points within `tol` of every half-plane of a convex polygon (x: [1, W], y: [H, 1] -> [H, W])."""
+    inside = np.ones(np.broadcast_shapes(x.shape, y.shape), bool)
+    centre = vertices.mean(0)
+    for a, b in zip(vertices, np.roll(vertices, -1, 0)):
+        normal = np.array([a[1] - b[1], b[0] - a[0]]) / np.hypot(*(b - a))
+        if normal @ (centre - a) < 0:
+            normal = -normal
+        inside &= normal[0] * (x - a[0]) + normal[1] * (y - a[1]) >= -tol
+    return inside
+
+
+@lru_cache(maxsize=8192)
+def shape_mask(kind: str, w: int, h: int) -> np.ndarray:
+    """bool[h, w]: pixels whose centre is within half a pixel of the shape stretched over the box.
+
+    Every shape touches all four sides of its box, so its tight box is the whole box.
+    """
+    x = np.arange(w)[None, :] + 0.5
+    y = np.arange(h)[:, None] + 0.5
+    if kind == "circle":
+        mask = ((x - w / 2) / (w / 2)) ** 2 + ((y - h / 2) / (h / 2)) ** 2 <= 1
+    else:
+        mask = np.zeros((h, w), bool)
+        for piece in _PIECES[kind]:  # vertices at pixel centres: -1 -> 0.5, 1 -> w - 0.5
+            px = 0.5 + (piece[:, 0] + 1) / 2 * (w - 1)
+            py = 0.5 + (piece[:, 1] + 1) / 2 * (h - 1)
+            mask |= _inside_convex(np.stack([px, py], 1), x, y, tol=0.5)
+    mask.setflags(write=False)
+    return mask
+
+
+# ---- background ----------------------------------------------------------------------------------
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """float[size, size] in about [-1, 1]: a cells x cells random grid, bilinearly upsampled."""
+    grid = rng.uniform(-1, 1, (cells + 1, cells + 1))
+    t = np.linspace(0, cells, size, endpoint=False) + 0.5 * cells / size
+    i = np.minimum(t.astype(int), cells - 1)
+    f = t - i
+    rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]  # (size, cells + 1)
+    return rows[:, i] * (1 - f) + rows[:, i + 1] * f
+
+
+def _texture(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+    """float[size, size], roughly in [-1, 1]: brightness pattern of a stuff class."""
+    y, x = [(g + 0.5) / size for g in np.ogrid[0:size, 0:size]]
+    noise = rng.normal(0, 0.35, (size, size))
+    phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(6, 12)
+    if kind == "gradient":
+        return 1.2 * (0.5 - y) + 0.3 * noise
+    if kind == "stripes":
+        return 0.7 * np.sin(2 * np.pi * freq * (x + 0.1 * y) + phase) + 0.6 * noise
+    if kind == "waves":
+        return 0.8 * np.sin(2 * np.pi * freq * (y + 0.04 * np.sin(2 * np.pi * 3 * x)) + phase) + 0.3 * noise
+    if kind == "blotch":
+        return _smooth_noise(rng, size, 5) + 0.4 * noise
+    return 1.6 * noise  # speckle
+
+
+def _region_labels(rng: np.random.Generator, k: int, size: int) -> np.ndarray:
+    """int[size, size] in 0..k-1: a wavy line (k=2) or warped nearest-seed cells; each region >= 5 %."""
+    if k == 1:
+        return np.zeros((size, size), np.int64)
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
+    for _ in range(20):
+        wobble = rng.uniform(0, 0.08) * np.sin(2 * np.pi * rng.uniform(1, 3) * (x + y) + rng.uniform(0, 7))
+        if k == 2:
+            angle = rng.uniform(0, np.pi)
+            labels = (x * np.cos(angle) + y * np.sin(angle) + wobble > rng.uniform(-0.25, 0.25)).astype(np.int64)
+        else:
+            seeds = rng.uniform(-0.5, 0.5, (k, 2))
+            d = (x[None] + wobble - seeds[:, 0, None, None]) ** 2 + (y[None] - seeds[:, 1, None, None]) ** 2
+            labels = d.argmin(0)
+        if np.bincount(labels.ravel(), minlength=k).min() >= 0.05 * size * size:
+            return labels
+    return labels  # a rare lopsided split: kept, its empty regions are simply absent
+
+
+def _background(rng: np.random.Generator, level: WorldLevel, size: int):
+    """-> (float[S, S, 3] RGB, int[S, S] region index, stuff names per region)."""
+    names = [list(STUFF)[i] for i in rng.choice(len(STUFF), level.num_regions, replace=False)]
+    labels = _region_labels(rng, level.num_regions, size)
+    colours = np.array([np.array(STUFF[n].colour) + rng.integers(-12, 13, 3) for n in names])  # (k, 3)
+    shades = np.stack([1 + 0.25 * level.texture * _texture(rng, STUFF[n].texture, size) for n in names])
+    shade = np.take_along_axis(shades, labels[None], 0)[0]  # (S, S)
+    return colours[labels] * shade[..., None], labels, names
+
+
+# ---- objects -------------------------------------------------------------------------------------
+
+def _scaled(level: WorldLevel, size: int) -> tuple[int, int, int]:
+    """(smallest side, largest side, grid step) in pixels of this image size."""
+    scale = size / 64
+    step = max(1, round(level.grid * scale)) if level.grid else 1
+    lo = step * math.ceil(max(3, round(level.min_size * scale, 6)) / step)
+    hi = step * math.floor(round(level.max_size * scale, 6) / step)
+    if hi < lo or hi > size:
+        raise ConfigError(f"world level: sizes {level.min_size}..{level.max_size} (grid {level.grid}) "
+                          f"give no shape side in 3..{size} px at image_size={size}")
+    return lo, hi, step
+
+
+def _draw_box(rng, boxes, lo, hi, step, size, cluster) -> tuple[int, int, int, int]:
+    """A random box (x, y, w, h) on the grid; with chance `cluster`, against an earlier box."""
+    w = step * int(rng.integers(lo // step, hi // step + 1))
+    h = int(np.clip(step * round(w * np.exp(rng.uniform(-0.2, 0.2)) / step), lo, hi))
+    if boxes and rng.random() < cluster:
+        bx, by, bw, bh = boxes[int(rng.integers(len(boxes)))]
+        along_x, along_y = int(rng.integers(-w + 1, bw)), int(rng.integers(-h + 1, bh))
+        x, y = [(bx - w, by + along_y), (bx + bw, by + along_y),
+                (bx + along_x, by - h), (bx + along_x, by + bh)][int(rng.integers(4))]
+    else:
+        x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+    x = min(max(0, step * round(x / step)), step * ((size - w) // step))
+    y = min(max(0, step * round(y / step)), step * ((size - h) // step))
+    return x, y, w, h
+
+
+def _apart(a, b) -> bool:
+    """Boxes (x, y, w, h) separated by at least one pixel."""
+    return a[0] + a[2] < b[0] or b[0] + b[2] < a[0] or a[1] + a[3] < b[1] or b[1] + b[3] < a[1]
+
+
+def _place(rng, level: WorldLevel, size: int, colours: list[str]):
+    """Draw objects in order -> (list of (kind index, colour, box), int[S, S] owner map, -1 = none)."""
+    lo, hi, step = _scaled(level, size)
+    target = int(rng.integers(level.min_objects, level.max_objects + 1))
+    owner = np.full((size, size), -1, np.int64)
+    objects, boxes, full, visible = [], [], [], []
+    for _ in range(100 * max(target, 1)):
+        if len(objects) == target:
+            break
+        kind = int(rng.integers(len(KINDS)))
+        x, y, w, h = box = _draw_box(rng, boxes, lo, hi, step, size, level.cluster)
+        m = shape_mask(KINDS[kind], w, h)
+        under = owner[y:y + h, x:x + w][m]
+        hidden = np.bincount(under[under >= 0], minlength=len(objects))
+        if level.max_overlap == 0:
+            ok = all(_apart(box, b) for b in boxes)
+        else:
+            ok = bool(np.all(np.array(visible) - hidden >= (1 - level.max_overlap) * np.array(full)))
+        if not ok:
+            continue
+        visible = [v - int(c) for v, c in zip(visible, hidden)] + [int(m.sum())]
+        full.append(int(m.sum()))
+        owner[y:y + h, x:x + w][m] = len(objects)
+        objects.append((kind, colours[int(rng.integers(len(colours)))], box))
+        boxes.append(box)
+    if len(objects) < level.min_objects:
+        raise ConfigError(f"world level: could not place min_objects={level.min_objects} shapes of "
+                          f"{lo}-{hi} px in a {size} px image; lower min_objects or max_size")
+    return objects, owner
+
+
+def _paint(rng, canvas: np.ndarray, objects, shading: float) -> None:
+    """Draw the objects in order onto canvas (float[S, S, 3]), each with a brightness ramp."""
+    for kind, colour, (x, y, w, h) in objects:
+        m = shape_mask(KINDS[kind], w, h)
+        base = np.array(COLOURS[colour]) + rng.integers(-12, 13, 3)
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.ogrid[0:h, 0:w]
+        ramp = ((xx - w / 2) * np.cos(angle) + (yy - h / 2) * np.sin(angle)) / (max(w, h) / 2)
+        shade = 1 - 0.35 * shading * np.clip(ramp, -1, 1)
+        canvas[y:y + h, x:x + w][m] = (base * shade[..., None])[m]
+
+
+def _tight_box(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+def make_scene(rng: np.random.Generator, level: WorldLevel, size: int) -> dict:
+    """One image -> {image uint8[S, S, 3], segments int[S, S] (panoptic ids), things, stuff}.
+
+    things: [{id (segment id), category_id, kind, colour, bbox, area, cx, cy}] in drawing order;
+    stuff: [{id (segment id), category_id, name, bbox, area}] largest first.
+    """
+    canvas, labels, names = _background(rng, level, size)
+    colours = [c for c in COLOURS if level.colour_overlap or all(c not in STUFF[n].like for n in names)]
+    objects, owner = _place(rng, level, size, colours)
+    _paint(rng, canvas, objects, level.shading)
+    segments = owner + 1  # things: 1..n
+    areas = np.bincount(segments.ravel(), minlength=len(objects) + 1)
+    things = []
+    for j, (kind, colour, (x, y, w, h)) in enumerate(objects):
+        bx, by, bw, bh = _tight_box(owner[y:y + h, x:x + w] == j)  # visible part, inside its box
+        things.append({"id": j + 1, "category_id": kind + 1, "kind": KINDS[kind], "colour": colour,
+                       "bbox": [x + bx, y + by, bw, bh], "area": int(areas[j + 1]),
+                       "cx": x + bx + bw / 2, "cy": y + by + bh / 2})
+    stuff = []
+    for r, name in enumerate(names):
+        mask = (labels == r) & (owner < 0)
+        if mask.any():
+            category_id = STUFF_ID_OFFSET + list(STUFF).index(name)
+            segments[mask] = 1000 + category_id
+            stuff.append({"name": name, "category_id": category_id, "id": 1000 + category_id,
+                          "bbox": _tight_box(mask), "area": int(mask.sum())})
+    stuff.sort(key=lambda s: -s["area"])
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return {"image": image, "segments": segments, "things": things, "stuff": stuff}
+
+
+# ---- COCO files ----------------------------------------------------------------------------------
+
+def categories(panoptic: bool = False) -> list[dict]:
+    """Thing categories (ids 1..K, the shape kinds); with `panoptic`, also stuff (ids 101..) and colours."""
+    things = [{"id": i + 1, "name": k, "supercategory": "shape"} for i, k in enumerate(KINDS)]
+    if not panoptic:
+        return things
+    palette = list(COLOURS.values())
+    for i, c in enumerate(things):
+        c.update(isthing=1, color=list(palette[i % len(palette)]))
+    return things + [{"id": STUFF_ID_OFFSET + i, "name": name, "supercategory": "background",
+                      "isthing": 0, "color": list(s.colour)} for i, (name, s) in enumerate(STUFF.items())]
+
+
+def _check_args(num: dict, image_size, seed, level) -> WorldLevel:
+    for key, value in [*num.items(), ("image_size", image_size), ("seed", seed)]:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"shapes: {key}={value!r} must be a non-negative integer")
+        if key.startswith("num_") and value >= SPLIT_ID_OFFSET:
+            raise ConfigError(f"shapes: {key}={value!r} must be below {SPLIT_ID_OFFSET}")
+    if not 16 <= image_size <= 1024:
+        raise ConfigError(f"shapes: image_size={image_size!r} must be in 16..1024")
+    if isinstance(level, WorldLevel):
+        return level
+    if level not in LEVELS:
+        raise ConfigError(f"shapes: level={level!r} is unknown; choose one of {', '.join(LEVELS)}")
+    return LEVELS[level]
+
+
+def _write_png(array: np.ndarray, path: str) -> None:
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)  # smaller and faster than 6 here
+
+
+def _records(scene: dict, image_id: int, file_name: str, size: int) -> tuple[list[dict], dict]:
+    """One scene's COCO instance annotations and its COCO panoptic annotation."""
+    things, seg = scene["things"], scene["segments"]
+    masks = (seg[..., None] == np.arange(1, len(things) + 1)).astype(np.uint8)  # (S, S, n)
+    rles = mask_utils.encode(np.asfortranarray(masks)) if things else []
+    instances = [{"id": image_id * 100 + t["id"], "image_id": image_id, "category_id": t["category_id"],
+                  "bbox": t["bbox"], "area": t["area"], "iscrowd": 0,
+                  "segmentation": {"size": [size, size], "counts": rle["counts"].decode("ascii")}}
+                 for t, rle in zip(things, rles)]
+    segments_info = [{"id": s["id"], "category_id": s["category_id"], "iscrowd": 0, "bbox": s["bbox"],
+                      "area": s["area"]} for s in things + scene["stuff"]]
+    return instances, {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}
+
+
+def _write_split(out_dir: str, split: str, split_index: int, n: int, size: int, seed: int,
+                 level: WorldLevel) -> dict:
+    """Draw and write one split's images, panoptic PNGs and its three JSON files -> counts."""
+    image_dir = os.path.join(out_dir, "images", split)
+    ann_dir = os.path.join(out_dir, "annotations")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(ann_dir, f"panoptic_{split}"), exist_ok=True)
+    images, instances, panoptic, captions = [], [], [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, split_index, i])
+        scene = make_scene(rng, level, size)
+        image_id = split_index * SPLIT_ID_OFFSET + i + 1
+        file_name = f"{image_id:012d}.png"
+        seg = scene["segments"]
+        _write_png(scene["image"], os.path.join(image_dir, file_name))
+        _write_png(np.stack([seg & 255, (seg >> 8) & 255, (seg >> 16) & 255], -1).astype(np.uint8),
+                   os.path.join(ann_dir, f"panoptic_{split}", file_name))
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        image_instances, image_panoptic = _records(scene, image_id, file_name, size)
+        instances += image_instances
+        panoptic.append(image_panoptic)
+        captions += [{"id": image_id * 10 + k, "image_id": image_id, "caption": text}
+                     for k, text in enumerate(describe(scene["things"], scene["stuff"], size, rng))]
+    header = {"info": {"description": "rewardtune synthetic shapes world", "version": "1"},
+              "licenses": [], "images": images}
+    for name, annotations, cats in [("instances", instances, categories()), ("captions", captions, None),
+                                    ("panoptic", panoptic, categories(panoptic=True))]:
+        extra = {"categories": cats} if cats else {}
+        write_json_atomic({**header, "annotations": annotations, **extra},
+                          os.path.join(ann_dir, f"{name}_{split}.json"))
+    return {"images": n, "objects": len(instances), "captions": len(captions)}
+
+
+def generate_shapes(out_dir: str, num_train: int = 2000, num_val: int = 256, num_test: int = 256,
+                    image_size: int = 64, seed: int = 0, level: str | WorldLevel = "medium") -> dict:
+    """Write a shapes-world dataset in the COCO 2017 layout under out_dir -> a summary.
+
+    Returns {out_dir, level, seed, image_size, splits: {split: {images, objects, captions}},
+    categories (thing names, ids 1..K), stuff (stuff names, ids 101..)}.
+    Unknown levels and bad values raise ConfigError naming them.
+    """
+    num = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
+    world = _check_args(num, image_size, seed, level)
+    _scaled(world, image_size)  # fail early when the sizes do not fit this image size
+    splits = {split: _write_split(out_dir, split, s, n, image_size, seed, world)
+              for s, (split, n) in enumerate(zip(SPLITS, num.values()))}
+    summary = {"level": level if isinstance(level, str) else "custom", "seed": seed, "image_size": image_size,
+               "splits": splits, "categories": list(KINDS), "stuff": list(STUFF)}
+    write_json_atomic({**summary, "params": dataclasses.asdict(world), "colours": list(COLOURS),
+                       "size_unit": "pixels of a 64x64 image, scaled by image_size / 64"},
+                      os.path.join(out_dir, "world.json"))  # no out_dir: the same arguments, the same bytes
+    return {"out_dir": out_dir, **summary}

@@ -1,0 +1,138 @@
+"""Caption data: COCO captions JSON (+ an image folder) or a Karpathy split file (`dataset_coco.json`).
+
+Targets are `{"refs": [caption, ...]}` with the raw reference captions (tokenised when used); ids
+are the COCO image ids. Every malformed input raises `DataError`, one line naming the file and the
+image id.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ...data.dataset import ImageSplit, load_images
+from ...data.files import inside, read_json
+from ...errors import ConfigError, DataError
+
+
+@dataclass
+class CaptionRecord:
+    """One image of a caption file: id, image path, reference captions."""
+
+    id: Any
+    path: str
+    refs: list
+
+
+def check_captions(path: str, image_id: Any, captions: Sequence[Any]) -> list:
+    """Reference captions of one image, or DataError naming the file and image id."""
+    if not isinstance(captions, (list, tuple)) or not captions:
+        raise DataError(f"{path}: image id {image_id} has an empty caption list")
+    for caption in captions:
+        if not isinstance(caption, str):
+            raise DataError(f"{path}: image id {image_id}: caption {caption!r} is not a string")
+        if not caption.strip():
+            raise DataError(f"{path}: image id {image_id}: empty caption")
+    return list(captions)
+
+
+def _entries(path: str, data: Any, key: str) -> list:
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise DataError(f"{path}: expected a JSON object with a '{key}' list (COCO captions format)")
+    return data[key]
+
+
+def _field(path: str, entry: Any, name: str, what: str) -> Any:
+    if not isinstance(entry, dict) or name not in entry:
+        raise DataError(f"{path}: {what} {str(entry)[:80]} has no '{name}'")
+    return entry[name]
+
+
+def coco_captions(data: Any, path: str) -> dict:
+    """A parsed COCO captions file -> {image id: [captions]} for every image of 'images'."""
+    refs: dict = {}
+    for image in _entries(path, data, "images"):
+        refs[_field(path, image, "id", "image")] = []
+    for ann in _entries(path, data, "annotations"):
+        image_id = _field(path, ann, "image_id", "annotation")
+        caption = _field(path, ann, "caption", f"annotation of image id {image_id}")
+        if image_id not in refs:
+            raise DataError(f"{path}: annotation refers to image id {image_id}, which is not in 'images'")
+        refs[image_id].append(caption)
+    for image_id, captions in refs.items():
+        check_captions(path, image_id, captions)
+    return refs
+
+
+def read_coco(annotations: str, image_dir: str) -> list[CaptionRecord]:
+    """COCO captions JSON + its image folder -> records in the file's order of 'images'."""
+    data = read_json(annotations)
+    refs = coco_captions(data, annotations)
+    records = []
+    for image in data["images"]:
+        name = _field(annotations, image, "file_name", f"image id {image['id']}")
+        records.append(CaptionRecord(image["id"], _image_path(annotations, image["id"], image_dir, name),
+                                     refs[image["id"]]))
+    return records
+
+
+def _image_path(source: str, image_id: Any, folder: str, relative: Any) -> str:
+    try:
+        return inside(folder, relative)
+    except DataError as e:
+        raise DataError(f"{source}: image id {image_id}: {e}") from None
+
+
+KARPATHY_TRAIN = ("train", "restval")  # the usual Karpathy training set: train + restval
+
+
+def read_karpathy(path: str, image_root: str, split: str) -> list[CaptionRecord]:
+    """Images of one split of a Karpathy split file; "train" also takes "restval"."""
+    wanted = KARPATHY_TRAIN if split == "train" else (split,)
+    records = []
+    for image in _entries(path, read_json(path), "images"):
+        image_id = image.get("cocoid", image.get("imgid")) if isinstance(image, dict) else None
+        if image_id is None:
+            raise DataError(f"{path}: image {str(image)[:80]} has no 'cocoid'")
+        if image.get("split") not in wanted:
+            continue
+        sentences = image.get("sentences")
+        raw = [s.get("raw") if isinstance(s, dict) else s for s in sentences] \
+            if isinstance(sentences, list) else sentences
+        refs = check_captions(path, image_id, raw)
+        name = _field(path, image, "filename", f"image id {image_id}")
+        relative = os.path.join(image.get("filepath", ""), name) if isinstance(name, str) else name
+        records.append(CaptionRecord(image_id, _image_path(path, image_id, image_root, relative), refs))
+    return records
+
+
+def split_records(config: Any, split: str, karpathy_file: str = "") -> list[CaptionRecord]:
+    """The records of `split` ("train" | "val") named by the config, before any image is read."""
+    d = config.data
+    name = d.train_split if split == "train" else d.val_split
+    limit = d.max_train_images if split == "train" else d.max_val_images
+    if karpathy_file:
+        image_root = (d.train_images if split == "train" else d.val_images) or d.root
+        records, source = read_karpathy(karpathy_file, image_root, name), karpathy_file
+    else:
+        annotations = d.train_annotations if split == "train" else d.val_annotations
+        images = d.train_images if split == "train" else d.val_images
+        if not d.root and not (annotations and images):
+            raise ConfigError(f"config key 'data.root': empty; set it to a COCO-layout dataset folder or "
+                              f"set data.{split}_annotations and data.{split}_images")
+        annotations = annotations or os.path.join(d.root, "annotations", f"captions_{name}.json")
+        images = images or os.path.join(d.root, "images", name)
+        records, source = read_coco(annotations, images), annotations
+    if not records:
+        raise DataError(f"{source}: split '{name}' has no images with captions")
+    return records[: limit or None]
+
+
+def load_split(records: Sequence[CaptionRecord], size: int, skip_corrupt: bool = False) -> ImageSplit:
+    """Read the images of `records` -> ImageSplit with targets {"refs": [...]}."""
+    rgb, kept = load_images([r.path for r in records], size, skip_corrupt)
+    if not kept:
+        folder = os.path.dirname(records[0].path)
+        raise DataError(f"{folder}: none of the {len(records)} images could be read")
+    targets = [{"refs": list(records[i].refs)} for i in kept]
+    return ImageSplit(rgb, targets, [records[i].id for i in kept], skipped=len(records) - len(kept))

@@ -1,0 +1,150 @@
+"""Object detection (SPEC.md section 2): boxes as tokens, the paper's rewards, COCO metrics.
+
+    codec.py    DetectionCodec: boxes <-> [ymin, xmin, ymax, xmax, class, conf] tokens
+    rewards.py  class-weighted matching reward ("map"), recall reward, matching helpers
+    aux.py      the IoU-confidence loss on sampled boxes
+    metrics.py  pycocotools COCOeval metrics; COCO results files
+    data.py     COCO instances loader with validation
+    viz.py      boxes drawn on an image
+
+Task state (saved with checkpoints): {"categories": [{"id", "name"}, ...] sorted by id,
+"class_counts": non-crowd training instances per category}; built from the train file when absent.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ...config import task_options
+from ...data.files import write_json_atomic
+from ...errors import ConfigError, DataError
+from ..base import Task
+from .aux import iou_confidence_loss
+from .codec import BOX_ORDERS, SCORES, DetectionCodec
+from .data import load_split, read_instances, split_paths, task_state
+from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
+from .rewards import class_weights, detection_stats, map_reward, recall_reward
+from .viz import visualize
+
+__all__ = ["DetectionOptions", "DetectionCodec", "make_task", "score_files"]
+
+
+@dataclass
+class DetectionOptions:
+    bins: int = 64  # coordinate bins (the paper: 1000 on 640 px images)
+    max_boxes: int = 12
+    box_order: str = "random"  # "random" (the paper) | "canonical" (ymin, then xmin)
+    score: str = "auto"  # "auto" | "expected_iou" | "token_prob" (see resolve_score)
+    dup_penalty: float = 0.3  # weight of duplicates in the "map" reward
+    aux_weight: float = 0.3  # weight of the IoU-confidence loss (0 = off)
+
+
+def detection_options(config) -> DetectionOptions:
+    """config.task_options -> DetectionOptions; unknown keys or bad values raise ConfigError."""
+    opts = task_options(DetectionOptions, config.task_options, "detection")
+    checks = [("bins", opts.bins >= 2, "must be >= 2"), ("max_boxes", opts.max_boxes >= 1, "must be >= 1"),
+              ("box_order", opts.box_order in BOX_ORDERS, f"must be one of {', '.join(BOX_ORDERS)}"),
+              ("score", opts.score in ("auto",) + SCORES, f"must be one of auto, {', '.join(SCORES)}"),
+              ("dup_penalty", opts.dup_penalty >= 0, "must be >= 0"),
+              ("aux_weight", opts.aux_weight >= 0, "must be >= 0")]
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
+    return opts
+
+
+def resolve_score(opts: DetectionOptions, config) -> str:
+    """"auto": the learned expected IoU once the conf head is trained (reward stage with the aux
+    loss on: task_options.aux_weight and train.aux_weight > 0), else token probability: an MLE
+    model's conf target is always "right", so its conf scores carry no ranking signal (MEASURED.md)."""
+    if opts.score != "auto":
+        return opts.score
+    trained = config.train.stage == "reward" and opts.aux_weight > 0 and config.train.aux_weight > 0
+    return "expected_iou" if trained else "token_prob"
+
+
+def _check_state(state: dict) -> dict:
+    cats, counts = state.get("categories"), state.get("class_counts")
+    if not isinstance(cats, list) or not isinstance(counts, list) or len(cats) != len(counts) or not cats:
+        raise DataError("detection task state: needs non-empty 'categories' and 'class_counts' of equal length")
+    return state
+
+
+class _Splits(Mapping):
+    """{"train", "val"} -> ImageSplit, each read on first access (eval never reads train images)."""
+
+    def __init__(self, config, state: dict):
+        self.config, self.state, self.loaded = config, state, {}
+
+    def __getitem__(self, which: str):
+        if which not in ("train", "val"):
+            raise KeyError(which)
+        if which not in self.loaded:
+            self.loaded[which] = load_split(self.config, which, self.state)
+        return self.loaded[which]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("train", "val"))
+
+    def __len__(self) -> int:
+        return 2
+
+
+def _metrics(outputs: Sequence[dict], targets: Sequence[dict], ids: Sequence[Any], categories: list) -> dict:
+    """COCO metrics over exactly these images; the gt is rebuilt from the targets' annotations."""
+    sizes = [(t["width"], t["height"]) for t in targets]
+    first: dict[Any, dict] = {}
+    for image_id, target in zip(ids, targets):
+        first.setdefault(image_id, target)
+    images = [{"id": i, "width": t["width"], "height": t["height"]} for i, t in first.items()]
+    gt = eval_ground_truth(images, [a for t in first.values() for a in t["annotations"]], categories)
+    return coco_metrics(gt, to_coco_results(outputs, ids, sizes, categories))
+
+
+def _write_predictions(outputs: Sequence[dict], targets: Sequence[dict], ids: Sequence[Any], out_dir: str,
+                       categories: list) -> None:
+    """out_dir/detections.json: COCO results in the original pixels of each target's image, atomically."""
+    sizes = [(t["width"], t["height"]) for t in targets]
+    write_json_atomic(to_coco_results(outputs, ids, sizes, categories), os.path.join(out_dir, "detections.json"))
+
+
+def target_for_image(image: np.ndarray) -> dict:
+    """A user's image without annotations (`predict`): no boxes, its original size."""
+    return {"boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int64),
+            "width": int(image.shape[1]), "height": int(image.shape[0]), "annotations": []}
+
+
+def make_task(config, state: Optional[dict] = None) -> Task:
+    """The detection Task; `state` from a checkpoint, or built from the train annotations."""
+    opts = detection_options(config)
+    if state is None:
+        train_file = split_paths(config, "train")[0]
+        state = task_state(read_instances(train_file), config.data.max_train_images)
+    state = _check_state(state)
+    categories = state["categories"]
+    codec = DetectionCodec(len(categories), opts.bins, opts.max_boxes, opts.box_order, resolve_score(opts, config))
+    weights = class_weights(state["class_counts"])
+    splits = _Splits(config, state)
+    aux = None
+    if opts.aux_weight > 0:
+        aux = partial(iou_confidence_loss, no_object_token=codec.no_object_token, weight=opts.aux_weight)
+    return Task(
+        name="detection",
+        codec=codec,
+        datasets=lambda: splits,
+        rewards={"map": partial(map_reward, weights=weights, dup_penalty=opts.dup_penalty),
+                 "recall": recall_reward},
+        metrics=partial(_metrics, categories=categories),
+        write_predictions=partial(_write_predictions, categories=categories),
+        visualize=partial(visualize, names=[c["name"] for c in categories]),
+        aux_loss=aux,
+        target_for_image=target_for_image,
+        sample_stats=detection_stats,
+        state=state,
+        primary_metric="map",
+    )

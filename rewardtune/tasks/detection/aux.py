@@ -1,0 +1,43 @@
+"""The IoU-confidence loss: teach each sampled box's conf token to predict the box's IoU.
+
+Target over the three conf tokens (no-object, wrong, right) = (0, 1 - IoU, IoU), IoU with the ground
+truth the box matches at t = 0.5 (`rewards.iou_conf_targets`, 0 if none). As in the released
+big_vision code (`logits_softmax[:, 5::6, :3]`), the log-probabilities are the model's over the
+full vocabulary, not renormalised over the conf tokens: the loss also moves mass onto the conf
+tokens, which the grammar allows there anyway. big_vision averages over all box slots of a
+fixed-length output, padding slots included with target (1, 0, 0); our sequences end with an end
+token, so the average is over the decoded boxes only.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .rewards import iou_conf_targets
+
+
+def iou_confidence_loss(step_log_probs: torch.Tensor, tokens: torch.Tensor, outputs: Sequence[dict],
+                        targets: Sequence[dict], no_object_token: int, weight: float = 0.3) -> torch.Tensor:
+    """Soft cross-entropy at every decoded box's conf position, averaged over boxes, times `weight`.
+
+    Args:
+        step_log_probs: FloatTensor[S, T, V], with grad; row t is the distribution of tokens[:, t].
+        tokens: LongTensor[S, T] (unused: positions come from outputs[i]["conf_pos"]).
+        no_object_token: id of the first conf token; wrong and right follow it.
+    Returns: a scalar; 0 (still attached to the graph) when no box was decoded.
+    """
+    ious = iou_conf_targets(outputs, targets)
+    rows = np.concatenate([np.full(len(x["conf_pos"]), i, np.int64) for i, x in enumerate(outputs)]
+                          + [np.zeros(0, np.int64)])
+    pos = np.concatenate([np.asarray(x["conf_pos"], np.int64) for x in outputs] + [np.zeros(0, np.int64)])
+    if len(pos) == 0:
+        return step_log_probs.sum() * 0.0
+    conf_ids = torch.arange(no_object_token, no_object_token + 3, device=step_log_probs.device)
+    logp = step_log_probs[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(pos)][:, conf_ids]  # (n, 3)
+    iou = torch.as_tensor(np.concatenate(ious), dtype=logp.dtype, device=logp.device)  # (n,)
+    target = torch.stack([torch.zeros_like(iou), 1.0 - iou, iou], dim=-1)  # (n, 3)
+    # where(): a zero target times a -inf log-prob (a grammar-masked token) must give 0, not NaN.
+    ce = -torch.where(target > 0, target * logp, torch.zeros_like(logp)).sum(-1)  # (n,)
+    return weight * ce.mean()

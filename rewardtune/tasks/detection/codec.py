@@ -1,0 +1,149 @@
+"""Boxes <-> tokens: six tokens a box, `[ymin, xmin, ymax, xmax, class, conf]`, then an end token.
+
+Vocabulary (B = bins, C = classes):
+    0 .. B-1            coordinate bins; a coordinate v in [0, 1] -> round(v * (B - 1))
+    B .. B+C-1          class tokens (contiguous class index c -> B + c)
+    B+C, B+C+1, B+C+2   confidence tokens (no-object, wrong, right); the IoU-confidence loss puts
+                        the soft target (0, 1 - IoU, IoU) over them (SPEC.md)
+    B+C+3               end token
+Ground-truth boxes are always encoded with the "right" conf token. The no-object conf token, like
+the end token, ends a sequence (SPEC.md: "an end token (or the empty-box conf token) ends the
+sequence"); the released big_vision code uses it for padding boxes.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+BOX_ORDERS = ("random", "canonical")
+SCORES = ("expected_iou", "token_prob")
+
+
+class DetectionCodec:
+    """Encodes detection targets as token sequences and decodes any token sequence into boxes."""
+
+    def __init__(self, num_classes: int, bins: int = 64, max_boxes: int = 12, box_order: str = "random",
+                 score: str = "token_prob"):
+        if num_classes < 1 or bins < 2 or max_boxes < 1:
+            raise ValueError(f"DetectionCodec: need num_classes >= 1, bins >= 2, max_boxes >= 1, got "
+                             f"{num_classes}, {bins}, {max_boxes}")
+        if box_order not in BOX_ORDERS or score not in SCORES:
+            raise ValueError(f"DetectionCodec: box_order {box_order!r} / score {score!r} not in "
+                             f"{BOX_ORDERS} / {SCORES}")
+        self.num_classes, self.bins, self.max_boxes = num_classes, bins, max_boxes
+        self.box_order, self.score = box_order, score
+        self.class_token = bins  # first class token
+        self.no_object_token = bins + num_classes
+        self.wrong_token = bins + num_classes + 1
+        self.right_token = bins + num_classes + 2
+        self.end_token = bins + num_classes + 3
+        self.vocab_size = bins + num_classes + 4
+        self.max_len = 6 * max_boxes + 1
+
+    # -- encoding ------------------------------------------------------------------------------
+    def quantize(self, coords: np.ndarray) -> np.ndarray:
+        """Coordinates in [0, 1] -> int64 bins in [0, B-1] (values outside [0, 1] are clipped)."""
+        coords = np.nan_to_num(np.asarray(coords, np.float64), nan=0.0)
+        return np.clip(np.rint(coords * (self.bins - 1)), 0, self.bins - 1).astype(np.int64)
+
+    def dequantize(self, bins: np.ndarray) -> np.ndarray:
+        return (np.asarray(bins, np.float64) / (self.bins - 1)).astype(np.float32)
+
+    def encode(self, target: dict, rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+        """{"boxes": [m, 4] (ymin, xmin, ymax, xmax) in [0, 1], "classes": [m]} -> LongTensor[6k + 1].
+
+        Random order draws a permutation from `rng` (a fresh generator when None); canonical order
+        sorts by ymin, then xmin (then the other fields, so the order is a function of the tokens).
+        Boxes past `max_boxes` are dropped after ordering.
+        """
+        boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
+        classes = np.asarray(target["classes"], np.int64).reshape(-1)
+        q = self.quantize(boxes)  # (m, 4)
+        q = np.concatenate([np.minimum(q[:, :2], q[:, 2:]), np.maximum(q[:, :2], q[:, 2:])], axis=1)
+        if self.box_order == "random":
+            order = (rng if rng is not None else np.random.default_rng()).permutation(len(q))
+        else:
+            order = np.lexsort((classes, q[:, 3], q[:, 2], q[:, 1], q[:, 0]))
+        order = order[: self.max_boxes]
+        groups = np.empty((len(order), 6), np.int64)  # (k, 6)
+        groups[:, :4] = q[order]
+        groups[:, 4] = self.class_token + classes[order]
+        groups[:, 5] = self.right_token
+        return torch.from_numpy(np.concatenate([groups.reshape(-1), [self.end_token]]))
+
+    # -- decoding ------------------------------------------------------------------------------
+    def _read_groups(self, toks: np.ndarray) -> np.ndarray:
+        """-> start positions of the well-formed box groups before the end of the sequence."""
+        starts = []
+        B, C = self.bins, self.num_classes
+        for p in range(0, len(toks) - 5, 6):
+            g = toks[p:p + 6]
+            if g[0] == self.end_token:
+                break
+            coords_ok = bool(np.all((g[:4] >= 0) & (g[:4] < B)))
+            class_ok = B <= g[4] < B + C
+            if not (coords_ok and class_ok and g[5] in (self.wrong_token, self.right_token)):
+                break  # malformed group or no-object conf: the sequence ends here
+            starts.append(p)
+        return np.asarray(starts, np.int64)
+
+    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> dict:
+        """Any token sequence -> {"boxes" [k, 4], "classes", "scores", "score_iou", "score_prob",
+        "conf_pos"}; reading stops at the end token, a no-object conf or the first malformed group.
+
+        `step_log_probs`: FloatTensor[T, V], row t the distribution token t was drawn from. Scores:
+        expected IoU = p(right) / (p(wrong) + p(right)) at the conf token; token probability =
+        exp(mean log-prob of the 5 coordinate/class tokens); both 1 without `step_log_probs`.
+        `scores` holds the one named by the codec's `score`.
+        """
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.detach().cpu().reshape(-1).tolist()
+        values = [int(t) for t in tokens]
+        toks = np.asarray([v if abs(v) < 2**62 else -1 for v in values], np.int64)  # (T,)
+        starts = self._read_groups(toks)
+        groups = toks[starts[:, None] + np.arange(6)] if len(starts) else np.zeros((0, 6), np.int64)
+        coords = self.dequantize(groups[:, :4])
+        boxes = np.concatenate([np.minimum(coords[:, :2], coords[:, 2:]),
+                                np.maximum(coords[:, :2], coords[:, 2:])], axis=1).astype(np.float32)
+        score_iou, score_prob = self._scores(groups, starts, step_log_probs)
+        return {
+            "boxes": boxes.reshape(-1, 4),  # (k, 4) ymin, xmin, ymax, xmax in [0, 1]
+            "classes": (groups[:, 4] - self.class_token).astype(np.int64),
+            "scores": score_iou if self.score == "expected_iou" else score_prob,
+            "score_iou": score_iou,
+            "score_prob": score_prob,
+            "conf_pos": (starts + 5).astype(np.int64),
+        }
+
+    def _scores(self, groups: np.ndarray, starts: np.ndarray,
+                step_log_probs: Optional[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        k = len(groups)
+        if step_log_probs is None or k == 0:
+            return np.ones(k, np.float32), np.ones(k, np.float32)
+        lp = step_log_probs.detach().float().cpu()
+        if lp.dim() != 2 or lp.shape[0] < starts[-1] + 6 or lp.shape[1] < self.vocab_size:
+            raise ValueError(f"decode: step_log_probs has shape {tuple(lp.shape)}; need "
+                             f"[>= {int(starts[-1]) + 6}, >= {self.vocab_size}] for these tokens")
+        pos = torch.from_numpy(starts[:, None] + np.arange(6))  # (k, 6)
+        picked = lp[pos, torch.from_numpy(groups)].numpy().astype(np.float64)  # (k, 6) log p of each token
+        score_prob = np.exp(picked[:, :5].mean(axis=1))
+        conf = lp[pos[:, 5]].numpy().astype(np.float64)  # (k, V)
+        with np.errstate(invalid="ignore", over="ignore"):
+            score_iou = 1.0 / (1.0 + np.exp(conf[:, self.wrong_token] - conf[:, self.right_token]))
+        return (np.nan_to_num(score_iou, nan=0.0).astype(np.float32),
+                np.nan_to_num(score_prob, nan=0.0).astype(np.float32))
+
+    def grammar(self) -> torch.Tensor:
+        """BoolTensor[max_len, V]: bins (or the end token) at p%6 == 0, bins at 1..3, a class at 4,
+        a conf token at 5 (no-object included: it ends the sequence); the last position: end only."""
+        g = torch.zeros(self.max_len, self.vocab_size, dtype=torch.bool)
+        slot = torch.arange(self.max_len) % 6
+        g[slot < 4, : self.bins] = True
+        g[slot == 0, self.end_token] = True
+        g[slot == 4, self.class_token:self.no_object_token] = True
+        g[slot == 5, self.no_object_token:self.end_token] = True
+        g[-1] = False
+        g[-1, self.end_token] = True
+        return g

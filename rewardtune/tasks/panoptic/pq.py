@@ -1,0 +1,195 @@
+"""Panoptic quality, matched exactly as panopticapi's `pq_compute_single_core`, vectorised over a batch.
+
+A panoptic (prediction or ground truth) is a dict {"map": int [H, W] segment ids, "segments":
+[{"id", "category_id", "iscrowd"?, "area"?}, ...]}. The rules, per image:
+- a (gt, pred) pair matches when both are segments of the same category, the gt is not crowd, and
+  IoU > 0.5 with `union = pred_area + gt_area - intersection - (pred pixels on gt VOID, id 0)`;
+- an unmatched, non-crowd gt segment is a false negative;
+- an unmatched pred segment is a false positive unless more than half of its area lies on gt VOID
+  plus the crowd region of its category (the last crowd segment of that category in the gt list);
+- gt areas are the "area" field when given (panopticapi reads it from the JSON), else pixel counts;
+  pred areas are always pixel counts. Pred pixels whose id is not a listed segment are ignored here
+  (the file scorer rejects them before, as panopticapi does).
+
+Everything is computed from one joint histogram of (image, pred segment, gt segment) pixel counts.
+Shapes: N images, P pred columns, G gt columns, C categories present in the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .maps import VOID, resize_nearest
+
+
+@dataclass
+class PQStats:
+    """Per-image, per-category counts; `categories[c]` is the category id of column c."""
+
+    categories: np.ndarray  # (C,) int64
+    tp: np.ndarray  # (N, C) int64
+    fp: np.ndarray  # (N, C) int64
+    fn: np.ndarray  # (N, C) int64
+    iou: np.ndarray  # (N, C) float64, sum of the IoUs of the true positives
+
+
+@dataclass
+class _Table:
+    """One map's segments as dense columns: column k = k-th of the sorted known ids; last = unknown id."""
+
+    cols: np.ndarray  # (H*W,) int64 column of each pixel
+    is_seg: np.ndarray  # (K,) bool
+    cat: np.ndarray  # (K,) int64
+    crowd: np.ndarray  # (K,) bool
+    crowd_chosen: np.ndarray  # (K,) bool, the crowd segment panopticapi uses for its category
+    area: np.ndarray  # (K,) float64
+    void_col: int
+
+
+def _table(ids: np.ndarray, segments: Sequence[dict], json_area: bool) -> _Table:
+    segs = {int(s["id"]): s for s in segments}  # a dict, as panopticapi: the last duplicate wins
+    known = np.array(sorted(set(segs) | {VOID}), dtype=np.int64)
+    flat = ids.reshape(-1).astype(np.int64)
+    idx = np.searchsorted(known, flat).clip(0, len(known) - 1)
+    cols = np.where(known[idx] == flat, idx, len(known))
+    k = len(known) + 1
+    counts = np.bincount(cols, minlength=k).astype(np.float64)
+    is_seg, crowd, chosen = np.zeros(k, bool), np.zeros(k, bool), np.zeros(k, bool)
+    cat, area = np.full(k, -1, np.int64), counts.copy()
+    position = {int(v): i for i, v in enumerate(known)}
+    crowd_of_cat: dict[int, int] = {}
+    for sid, seg in segs.items():
+        i = position[sid]
+        is_seg[i], cat[i] = True, int(seg["category_id"])
+        crowd[i] = int(seg.get("iscrowd", 0)) == 1
+        if json_area and "area" in seg:
+            area[i] = float(seg["area"])
+        if crowd[i]:
+            crowd_of_cat[int(cat[i])] = i
+    chosen[list(crowd_of_cat.values())] = True
+    return _Table(cols, is_seg, cat, crowd, chosen, area, position[VOID])
+
+
+def _pad(tables: Sequence[_Table], name: str, width: int, fill: Any) -> np.ndarray:
+    first = getattr(tables[0], name)
+    out = np.full((len(tables), width), fill, dtype=first.dtype)
+    for n, t in enumerate(tables):
+        v = getattr(t, name)
+        out[n, : len(v)] = v
+    return out
+
+
+def _tables(preds: Sequence[dict], gts: Sequence[dict]) -> tuple[list[_Table], list[_Table]]:
+    """Segment tables of every pair; a gt shared by several preds (N samples) is tabled once."""
+    cache: dict[int, _Table] = {}
+    pred_tables, gt_tables = [], []
+    for pred, gt in zip(preds, gts):
+        key = id(gt)
+        if key not in cache:
+            cache[key] = _table(np.asarray(gt["map"]), gt["segments"], json_area=True)
+        gt_map = np.asarray(gt["map"])
+        pred_map = np.asarray(pred["map"])
+        if pred_map.shape != gt_map.shape:
+            pred_map = resize_nearest(pred_map, *gt_map.shape)
+        pred_tables.append(_table(pred_map, pred["segments"], json_area=False))
+        gt_tables.append(cache[key])
+    return pred_tables, gt_tables
+
+
+def _joint_histogram(pt: Sequence[_Table], gt: Sequence[_Table], p: int, g: int) -> np.ndarray:
+    """(N, P, G) pixel counts of each (pred column, gt column) pair."""
+    n = len(pt)
+    codes = np.concatenate([i * p * g + a.cols * g + b.cols for i, (a, b) in enumerate(zip(pt, gt))])
+    return np.bincount(codes, minlength=n * p * g).reshape(n, p, g).astype(np.float64)
+
+
+def pq_stats(preds: Sequence[dict], gts: Sequence[dict]) -> PQStats:
+    """Per-image, per-category tp / fp / fn / IoU sums of `preds[i]` against `gts[i]`."""
+    if len(preds) != len(gts):
+        raise ValueError(f"pq_stats: {len(preds)} predictions for {len(gts)} ground truths")
+    n = len(preds)
+    if n == 0:
+        z = np.zeros((0, 0), np.int64)
+        return PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64))
+    pt, gt = _tables(preds, gts)
+    p, g = max(len(t.is_seg) for t in pt), max(len(t.is_seg) for t in gt)
+    inter = _joint_histogram(pt, gt, p, g)  # (N, P, G)
+    p_seg, p_cat = _pad(pt, "is_seg", p, False), _pad(pt, "cat", p, -1)
+    g_seg, g_cat = _pad(gt, "is_seg", g, False), _pad(gt, "cat", g, -1)
+    g_crowd, g_chosen = _pad(gt, "crowd", g, False), _pad(gt, "crowd_chosen", g, False)
+    g_area = _pad(gt, "area", g, 0.0)
+    p_area = inter.sum(2)  # (N, P)
+    void_cols = np.array([t.void_col for t in gt])
+    void_in_pred = inter[np.arange(n), :, void_cols]  # (N, P)
+
+    same_cat = p_cat[:, :, None] == g_cat[:, None, :]  # (N, P, G)
+    valid = p_seg[:, :, None] & g_seg[:, None, :] & ~g_crowd[:, None, :] & same_cat & (inter > 0)
+    union = p_area[:, :, None] + g_area[:, None, :] - inter - void_in_pred[:, :, None]
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=valid & (union > 0))
+    match = valid & (iou > 0.5)
+
+    gt_matched, pred_matched = match.any(1), match.any(2)  # (N, G), (N, P)
+    fn_mask = g_seg & ~g_crowd & ~gt_matched
+    ignored = void_in_pred + (inter * (g_chosen[:, None, :] & same_cat)).sum(2)  # (N, P)
+    share = np.divide(ignored, p_area, out=np.ones_like(ignored), where=p_area > 0)
+    fp_mask = p_seg & ~pred_matched & (p_area > 0) & ~(share > 0.5)
+
+    cats = np.unique(np.concatenate([p_cat[p_seg], g_cat[g_seg]]))
+    c = len(cats)
+    rows_g = np.arange(n)[:, None] * c + np.searchsorted(cats, g_cat).clip(0, max(c - 1, 0))
+    rows_p = np.arange(n)[:, None] * c + np.searchsorted(cats, p_cat).clip(0, max(c - 1, 0))
+
+    def count(rows: np.ndarray, mask: np.ndarray, weights=None) -> np.ndarray:
+        w = None if weights is None else weights[mask]
+        return np.bincount(rows[mask], weights=w, minlength=n * c).reshape(n, c)
+
+    tp = count(rows_g, gt_matched).astype(np.int64)
+    iou_sum = count(rows_g, gt_matched, (iou * match).sum(1))
+    fn = count(rows_g, fn_mask).astype(np.int64)
+    fp = count(rows_p, fp_mask).astype(np.int64)
+    return PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum)
+
+
+def average_pq(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, iou: np.ndarray,
+               empty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """panopticapi's `pq_average` over the last axis: the mean over categories with tp+fp+fn > 0.
+
+    Returns (pq, sq, rq, n) with the leading shape of the inputs; `empty` where n == 0.
+    """
+    tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
+    present = (tp + fp + fn) > 0
+    denom = np.where(present, tp + 0.5 * fp + 0.5 * fn, 1.0)
+    pq_c = np.where(present, iou / denom, 0.0)
+    sq_c = np.divide(iou, tp, out=np.zeros_like(tp), where=tp > 0)
+    rq_c = np.where(present, tp / denom, 0.0)
+    n = present.sum(-1)
+    safe = np.maximum(n, 1)
+    out = [np.where(n > 0, x.sum(-1) / safe, empty) for x in (pq_c, sq_c, rq_c)]
+    return out[0], out[1], out[2], n
+
+
+def pq_batch(preds: Sequence[dict], gts: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image (pq, sq, rq), each float64 [N], averaged over the categories present in that image.
+
+    An image where no category counts (no gt segment, no counted prediction) scores 1.0: nothing
+    was there to find and nothing wrong was predicted.
+    """
+    s = pq_stats(preds, gts)
+    pq, sq, rq, _ = average_pq(s.tp, s.fp, s.fn, s.iou, empty=1.0)
+    return pq, sq, rq
+
+
+def pq_image(pred: dict, gt: dict) -> tuple[float, float, float]:
+    """(pq, sq, rq) of one image's prediction against its ground truth."""
+    pq, sq, rq = pq_batch([pred], [gt])
+    return float(pq[0]), float(sq[0]), float(rq[0])
+
+
+def pq_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+    """The paper's panoptic reward: per-image PQ, FloatTensor[N]; parts {"sq", "rq"} FloatTensor[N]."""
+    pq, sq, rq = pq_batch(outputs, targets)
+    as_tensor = lambda x: torch.from_numpy(x.astype(np.float32))  # noqa: E731
+    return as_tensor(pq), {"sq": as_tensor(sq), "rq": as_tensor(rq)}

@@ -1,0 +1,78 @@
+"""The command line end to end on tiny generated data, and what a user sees on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rewardtune.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("demo") / "run")
+    assert main(["demo", "detection", "--quick", "--out", out]) == 0
+    return out
+
+
+def test_quick_demo_leaves_the_documented_layout(demo):
+    for path in ["data/annotations/instances_val.json", "data/world.json", "mle/config.json",
+                 "mle/eval/val/detections.json", "mle/eval/val/metrics.json", "tuned/eval/val/detections.json",
+                 "tuned/eval/val/metrics.json", "tuned/checkpoints/latest", "tuned/analysis/summary.json",
+                 "report.html"]:
+        assert os.path.exists(os.path.join(demo, path)), path
+    with open(os.path.join(demo, "tuned", "eval", "val", "metrics.json")) as f:
+        assert 0.0 <= json.load(f)["map"] <= 1.0
+
+
+def test_rerunning_the_demo_resumes_instead_of_retraining(demo, capsys):
+    before = os.path.getmtime(os.path.join(demo, "mle", "checkpoints", "latest"))
+    assert main(["demo", "detection", "--quick", "--out", demo]) == 0
+    assert os.path.getmtime(os.path.join(demo, "mle", "checkpoints", "latest")) == before
+
+
+def test_run_config_drives_pretrain_and_eval_and_predict(demo, tmp_path, capsys):
+    run = str(tmp_path / "again")
+    assert main(["pretrain", os.path.join(demo, "mle", "config.json"), "--out", run, "--set", "train.steps=2",
+                 "--set", "train.eval_every=2"]) == 0
+    assert main(["eval", run, "--max-images", "4"]) == 0
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((50, 80, 3), 128, np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["predict", run, str(image), "--out", str(tmp_path / "pred")]) == 0
+    with open(tmp_path / "pred" / "detections.json") as f:
+        for det in json.load(f):  # boxes are in the photo's own pixels
+            x, y, w, h = det["bbox"]
+            assert det["image_id"] == "photo" and x + w <= 80.5 and y + h <= 50.5
+
+
+def run_cli(*args, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "rewardtune", *args], capture_output=True, text=True, cwd=cwd)
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("case", ["missing_config", "unknown_key", "bad_value", "missing_data", "truncated_json",
+                                  "no_checkpoint", "missing_pred"])
+def test_user_errors_end_with_one_line_and_exit_code_2(case, demo, tmp_path):
+    cfg = os.path.join(demo, "mle", "config.json")
+    out = str(tmp_path / "out")
+    bad_ann = tmp_path / "instances.json"
+    bad_ann.write_text('{"images": [')
+    args, expected = {
+        "missing_config": (["pretrain", "nope.json", "--out", out], "nope.json"),
+        "unknown_key": (["pretrain", cfg, "--out", out, "--set", "train.lrr=1"], "train.lrr"),
+        "bad_value": (["pretrain", cfg, "--out", out, "--set", "train.batch_size=-3"], "train.batch_size"),
+        "missing_data": (["pretrain", cfg, "--out", out, "--set", "data.root=/nonexistent"], "/nonexistent"),
+        "truncated_json": (["pretrain", cfg, "--out", out, "--set", f"data.train_annotations={bad_ann}"],
+                           "instances.json"),
+        "no_checkpoint": (["tune", cfg, "--init", str(tmp_path), "--out", out], str(tmp_path)),
+        "missing_pred": (["score", "detection", "--pred", str(tmp_path / "p.json"), "--gt",
+                          os.path.join(demo, "data", "annotations", "instances_val.json")], "p.json"),
+    }[case]
+    code, lines = run_cli(*args)
+    assert code == 2, lines
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not os.path.exists(out) or not os.listdir(out)  # nothing half-written

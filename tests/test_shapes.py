@@ -1,0 +1,233 @@
+"""The shapes world: determinism, COCO files that agree with each other and with the pixels."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from rewardtune.data.shapes import (COLOURS, KINDS, LEVELS, STUFF, WorldLevel, _place, generate_shapes,
+                                    make_scene, shape_mask)
+from rewardtune.data.shapes_captions import counted, describe, join, number, position, relation
+from rewardtune.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+# pycocotools' mask.decode trips a numpy 2 DeprecationWarning inside pycocotools itself.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("crowded"))
+    summary = generate_shapes(out, num_train=20, num_val=5, num_test=5, image_size=64, seed=3,
+                              level="crowded")
+    return out, summary
+
+
+def load(out, name, split):
+    with open(os.path.join(out, "annotations", f"{name}_{split}.json")) as f:
+        return json.load(f)
+
+
+def panoptic_ids(out, split, file_name) -> np.ndarray:
+    rgb = np.asarray(Image.open(os.path.join(out, "annotations", f"panoptic_{split}", file_name)), np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 ** 2 * rgb[..., 2]
+
+
+def tight_box(mask):
+    ys, xs = np.nonzero(mask)
+    return [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
+def all_files(root):
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = f.read()
+    return found
+
+
+def test_same_arguments_give_byte_identical_files(tmp_path):
+    args = dict(num_train=6, num_val=3, num_test=3, image_size=64, seed=7, level="medium")
+    generate_shapes(str(tmp_path / "a"), **args)
+    generate_shapes(str(tmp_path / "b"), **args)
+    generate_shapes(str(tmp_path / "c"), **{**args, "seed": 8})
+    a, b, c = (all_files(str(tmp_path / d)) for d in "abc")
+    assert len(a) == 12 + 12 + 9 + 1  # images, panoptic PNGs, 3 JSON files per split, world.json
+    assert a == b
+    assert a["images/train/000000000001.png"] != c["images/train/000000000001.png"]
+
+
+def test_layout_ids_and_images(crowded):
+    out, summary = crowded
+    ids = []
+    for split, n in zip(SPLITS, (20, 5, 5)):
+        images = load(out, "instances", split)["images"]
+        assert len(images) == n == summary["splits"][split]["images"]
+        for im in images:
+            assert im["file_name"] == f"{im['id']:012d}.png"
+            with Image.open(os.path.join(out, "images", split, im["file_name"])) as pil:
+                assert pil.mode == "RGB" and pil.size == (im["width"], im["height"]) == (64, 64)
+        ids += [im["id"] for im in images]
+    assert len(set(ids)) == len(ids)  # unique across splits
+    with open(os.path.join(out, "world.json")) as f:
+        world = json.load(f)
+    assert world["params"] == dataclasses.asdict(LEVELS["crowded"])
+    assert (world["seed"], world["image_size"], world["level"]) == (3, 64, "crowded")
+
+
+def test_instance_boxes_and_masks_match_panoptic_pixels(crowded):
+    out, _ = crowded
+    for split in SPLITS:
+        instances, panoptic = load(out, "instances", split), load(out, "panoptic", split)
+        by_image = {p["image_id"]: p for p in panoptic["annotations"]}
+        files = {im["id"]: im["file_name"] for im in instances["images"]}
+        for ann in instances["annotations"]:
+            ids = panoptic_ids(out, split, by_image[ann["image_id"]]["file_name"])
+            assert files[ann["image_id"]] == by_image[ann["image_id"]]["file_name"]
+            mask = ids == ann["id"] - 100 * ann["image_id"]  # thing segment j <-> annotation id*100+j
+            assert ann["bbox"] == tight_box(mask)
+            assert ann["area"] == mask.sum() > 0
+            assert ann["iscrowd"] == 0
+            assert (mask_utils.decode(ann["segmentation"]) == mask).all()
+            info = {s["id"]: s for s in by_image[ann["image_id"]]["segments_info"]}
+            segment = info[ann["id"] - 100 * ann["image_id"]]
+            assert (segment["category_id"], segment["bbox"], segment["area"]) == \
+                (ann["category_id"], ann["bbox"], ann["area"])
+
+
+def test_panoptic_segments_cover_the_png_exactly(crowded):
+    out, _ = crowded
+    for split in SPLITS:
+        panoptic = load(out, "panoptic", split)
+        cats = {c["id"]: c for c in panoptic["categories"]}
+        assert [c["name"] for c in cats.values() if c["isthing"]] == KINDS
+        assert [c["name"] for c in cats.values() if not c["isthing"]] == list(STUFF)
+        for ann in panoptic["annotations"]:
+            ids = panoptic_ids(out, split, ann["file_name"])
+            info = {s["id"]: s for s in ann["segments_info"]}
+            assert len(info) == len(ann["segments_info"])  # unique per image
+            assert set(np.unique(ids)) == set(info) and 0 not in info  # no void, no unknown ids
+            stuff = [s for s in info.values() if not cats[s["category_id"]]["isthing"]]
+            assert len({s["category_id"] for s in stuff}) == len(stuff) >= 1
+            for s in info.values():
+                assert s["bbox"] == tight_box(ids == s["id"]) and s["area"] == (ids == s["id"]).sum()
+
+
+def test_object_counts_respect_each_level():
+    for name, size in [("easy", 64), ("medium", 64), ("crowded", 64), ("dense", 96)]:
+        level = LEVELS[name]
+        counts = [len(make_scene(np.random.default_rng([0, 0, i]), level, size)["things"]) for i in range(25)]
+        assert level.min_objects <= min(counts) and max(counts) <= level.max_objects, name
+        assert max(counts) > min(counts), name  # the count varies
+
+
+def test_occlusion_never_hides_more_than_max_overlap():
+    level, occluded = LEVELS["crowded"], 0
+    for i in range(20):
+        objects, owner = _place(np.random.default_rng([1, 0, i]), level, 64, list(COLOURS))
+        visible = np.bincount(owner.ravel() + 1, minlength=len(objects) + 1)[1:]
+        full = np.array([shape_mask(KINDS[k], w, h).sum() for k, _, (_, _, w, h) in objects])
+        assert (visible >= (1 - level.max_overlap) * full).all()
+        occluded += (visible < full).sum()
+    assert occluded > 10  # the crowded world does occlude
+
+
+def test_easy_world_boxes_on_grid_apart_and_colours_unlike_background():
+    for size, step in [(64, 2), (128, 4)]:
+        for i in range(20):
+            scene = make_scene(np.random.default_rng([2, 0, i]), LEVELS["easy"], size)
+            boxes = [t["bbox"] for t in scene["things"]]
+            assert all(v % step == 0 for box in boxes for v in box), boxes
+            for a in boxes:
+                for b in boxes:
+                    if a is not b:  # at least one pixel between boxes
+                        assert a[0] + a[2] < b[0] or b[0] + b[2] < a[0] or a[1] + a[3] < b[1] or b[1] + b[3] < a[1]
+            like = {c for s in scene["stuff"] for c in STUFF[s["name"]].like}
+            assert not like & {t["colour"] for t in scene["things"]}
+
+
+def test_every_shape_touches_all_sides_of_its_box():
+    for kind in KINDS:
+        for w in range(3, 34):
+            for h in range(max(3, int(w / 1.3)), min(34, int(w * 1.3) + 1)):
+                m = shape_mask(kind, w, h)
+                assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any(), (kind, w, h)
+
+
+def test_pycocotools_loads_and_ground_truth_scores_ap_one(crowded):
+    out, _ = crowded
+    coco = COCO(os.path.join(out, "annotations", "instances_train.json"))
+    assert sorted(coco.getCatIds()) == list(range(1, len(KINDS) + 1))
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) >= 20 * LEVELS["crowded"].min_objects
+    dets = coco.loadRes([{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                          "score": 1.0} for a in anns])
+    ev = COCOeval(coco, dets, "bbox")
+    ev.params.areaRng = [[0, 1e5]] * 4  # small shapes: one area range is enough
+    ev.evaluate()
+    ev.accumulate()
+    assert np.isclose(ev.eval["precision"][0, :, :, 0, -1].mean(), 1.0)  # AP@0.5 over classes
+
+
+def test_captions_five_per_image_and_count_right(crowded):
+    out, _ = crowded
+    captions, instances = load(out, "captions", "train"), load(out, "instances", "train")
+    n_objects = {im["id"]: 0 for im in instances["images"]}
+    for ann in instances["annotations"]:
+        n_objects[ann["image_id"]] += 1
+    texts = {}
+    for ann in captions["annotations"]:
+        texts.setdefault(ann["image_id"], []).append(ann["caption"])
+    assert set(texts) == set(n_objects)
+    for image_id, caps in texts.items():
+        assert len(caps) >= 5 and len(set(caps)) == len(caps) and all(caps)
+        assert any(f"there are {number(n_objects[image_id])} shapes" in c for c in caps)
+    assert len({c["id"] for c in captions["annotations"]}) == len(captions["annotations"])
+    coco = COCO(os.path.join(out, "annotations", "captions_train.json"))  # as captioning loaders read it
+    assert all(len(coco.imgToAnns[i]) == 5 for i in n_objects)
+
+
+def test_caption_grammar_helpers():
+    assert counted(1, "orange star") == "an orange star"
+    assert counted(3, "red cross") == "three red crosses"
+    assert join(["a", "b", "c"]) == "a, b and c"
+    assert position(2, 2, 64) == "in the top left" and position(32, 32, 64) == "in the centre"
+    assert relation({"cx": 5, "cy": 30}, {"cx": 40, "cy": 32}) == "to the left of"
+    assert relation({"cx": 20, "cy": 50}, {"cx": 22, "cy": 10}) == "below"
+    things = [{"kind": "circle", "colour": "red", "cx": 10, "cy": 30, "area": 90},
+              {"kind": "square", "colour": "blue", "cx": 50, "cy": 30, "area": 50},
+              {"kind": "square", "colour": "blue", "cx": 50, "cy": 50, "area": 40}]
+    caps = describe(things, [{"name": "grass", "area": 3000}], 64, np.random.default_rng(0))
+    assert "two blue squares and a red circle" in caps[0] and "grass" in caps[0]
+    assert "a red circle" in caps[2] and "to the left of a blue square" in caps[2]
+    assert "three shapes" in caps[1] and caps[3].startswith(("two squares", "shapes: two squares",
+                                                               "three shapes: two squares"))
+    single = describe(things[:1], [{"name": "sand", "area": 3000}], 64, np.random.default_rng(0))
+    assert "the only shape is a red circle on the left" in single
+    empty = describe([], [{"name": "sand", "area": 4096}], 64, np.random.default_rng(0))
+    assert len(set(empty)) == 5 and all("sand" in c for c in empty)
+
+
+def test_bad_arguments_raise_config_error_naming_them(tmp_path):
+    with pytest.raises(ConfigError, match="level='huge'"):
+        generate_shapes(str(tmp_path), level="huge")
+    with pytest.raises(ConfigError, match="num_val=-1"):
+        generate_shapes(str(tmp_path), num_val=-1)
+    with pytest.raises(ConfigError, match="image_size=8"):
+        generate_shapes(str(tmp_path), image_size=8)
+    with pytest.raises(ConfigError, match="max_objects=2"):
+        WorldLevel(min_objects=5, max_objects=2, min_size=8, max_size=12)
+    with pytest.raises(ConfigError, match="max_overlap"):
+        dataclasses.replace(LEVELS["medium"], max_overlap=1.5)
+    with pytest.raises(ConfigError, match="min_objects=40"):  # cannot fit: fails, does not loop forever
+        generate_shapes(str(tmp_path), num_train=1, level=WorldLevel(40, 40, 30, 32))
+    assert not os.path.exists(tmp_path / "world.json")
