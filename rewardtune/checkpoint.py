@@ -2,7 +2,13 @@
 
 RUN/checkpoints/step-N/{model.pt, optim.pt, rng.pt, state.json}; RUN/checkpoints/latest and
 RUN/checkpoints/best hold the name of a complete step folder. Loading never unpickles code
-(`torch.load(weights_only=True)`).
+(`torch.load(weights_only=True)`). A `.tmp-step-N` folder is an interrupted write: never read,
+removed on the next start or save.
+
+Testing hook: REWARDTUNE_TEST_KILL_IN_CHECKPOINT="N[:PHASE]" makes `save(step=N)` SIGKILL its own
+process at PHASE: "files" (default; model.pt and optim.pt written in the temporary folder),
+"renamed" (step-N in place, no pointer moved), "best" (`best` moved, `latest` not) or "done" (all
+written). tests/test_resume_kill.py uses it to crash at exact points of a write.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from typing import Optional
 
 import numpy as np
@@ -18,6 +25,7 @@ import torch
 from .errors import UserError
 
 FILES = ("model.pt", "optim.pt", "rng.pt", "state.json")
+KILL_ENV = "REWARDTUNE_TEST_KILL_IN_CHECKPOINT"
 
 
 def _fsync_dir(path: str) -> None:
@@ -49,51 +57,74 @@ def _save_file(obj, path: str) -> None:
 
 
 def rng_state() -> tuple[dict, dict]:
-    """(tensors for rng.pt, JSON-able states for state.json) of every global RNG."""
+    """(tensors for rng.pt, JSON-able states for state.json) of every global RNG of this process."""
     py = random.getstate()
     np_state = np.random.get_state()
     tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
     json_state = {"python": [py[0], list(py[1]), py[2]],
                   "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     return tensors, json_state
 
 
-def restore_rng(tensors: dict, json_state: dict) -> None:
+def restore_rng(tensors: dict, json_state, rank: int = 0) -> None:
+    """Restore this rank's RNG states (rank 0's when the run had fewer ranks than this one)."""
+    per_rank_tensors = tensors.get("ranks", [tensors])
+    per_rank_json = json_state if isinstance(json_state, list) else [json_state]
+    r = rank if rank < len(per_rank_tensors) else 0
+    tensors, json_state = per_rank_tensors[r], per_rank_json[r]
     torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
     py = json_state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = json_state["numpy"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
 
 
+def _test_kill(step: int, phase: str) -> None:
+    """The testing hook of the module docstring: SIGKILL at `phase` of writing step `step`."""
+    spec = os.environ.get(KILL_ENV, "").split(":")
+    if spec[0] == str(step) and (spec[1] if len(spec) > 1 else "files") == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict,
-         keep: int = 2, best: bool = False) -> str:
-    """Write step-N atomically, move `latest` (and `best`), prune old step folders."""
+         keep: int = 2, best: bool = False, rng: Optional[list] = None) -> str:
+    """Write step-N atomically, move `best` (if best) then `latest`, prune old step folders.
+
+    `rng`: [rng_state() of rank 0, of rank 1, ...]; None = this process's only.
+    """
     folder = os.path.join(run_dir, "checkpoints")
     os.makedirs(folder, exist_ok=True)
     name = f"step-{step}"
     tmp = os.path.join(folder, f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    rng_tensors, rng_json = rng_state()
+    rng = rng or [rng_state()]
     _save_file(model.state_dict(), os.path.join(tmp, "model.pt"))
     _save_file({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                os.path.join(tmp, "optim.pt"))
-    _save_file(rng_tensors, os.path.join(tmp, "rng.pt"))
+    _test_kill(step, "files")
+    _save_file({"ranks": [tensors for tensors, _ in rng]}, os.path.join(tmp, "rng.pt"))
     with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({**state, "step": step, "rng": rng_json}, f)
+        json.dump({**state, "step": step, "rng": [json_state for _, json_state in rng]}, f)
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
     final = os.path.join(folder, name)
-    if os.path.exists(final):
+    if os.path.exists(final):  # left by a run killed after the rename but before `latest` moved
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(folder)
-    _write_pointer(folder, "latest", name)
-    if best:
+    _test_kill(step, "renamed")
+    if best:  # `best` first: a crash in between leaves `latest` behind, and the replay rewrites both
         _write_pointer(folder, "best", name)
+        _test_kill(step, "best")
+    _write_pointer(folder, "latest", name)
     _prune(folder, keep)
+    _test_kill(step, "done")
     return final
 
 
@@ -104,9 +135,19 @@ def _prune(folder: str, keep: int) -> None:
     for _, name in steps[:-keep] if keep else []:
         if name not in protected:
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-    for name in os.listdir(folder):  # temporary folders of interrupted writes
+    remove_partial(folder)
+
+
+def remove_partial(folder: str) -> None:
+    """Delete the temporary folders and pointer files that interrupted writes left in `folder`."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
         if name.startswith(".tmp-"):
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith(".") and name.endswith(".tmp"):
+            os.remove(path)
 
 
 def read_pointer(folder: str, name: str) -> Optional[str]:

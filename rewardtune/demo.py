@@ -34,20 +34,25 @@ def _stage_config(task: str, stage: str, data_root: str, quick: bool):
 
 def run_demo(task: str, out: str, quick: bool = False) -> dict:
     """Run (or resume) the whole chain; print MLE vs tuned metrics; return them."""
+    from . import distributed
     from .data.shapes import generate_shapes
     from .train import train
     t0 = time.time()
+    d = distributed.setup()  # under torchrun, only rank 0 writes data, tables and the report
     data_root = os.path.abspath(os.path.join(out, "data"))
     world = {**WORLDS.get(task, WORLDS["detection"]), **(QUICK_WORLD if quick else {})}
-    if not os.path.exists(os.path.join(data_root, "world.json")):
+    if d.main and not os.path.exists(os.path.join(data_root, "world.json")):
         print(f"[1/5] generating the shapes world in {data_root} ({world})", flush=True)
         generate_shapes(data_root, **world)
+    distributed.barrier(d)
     mle_cfg = _stage_config(task, "mle", data_root, quick)
     tune_cfg = _stage_config(task, "tune", data_root, quick)
     print(f"[2/5] MLE pretraining -> {out}/mle", flush=True)
     mle = train(mle_cfg, os.path.join(out, "mle"))
     print(f"[3/5] reward tuning ({tune_cfg.train.reward}) -> {out}/tuned", flush=True)
     tuned = train(tune_cfg, os.path.join(out, "tuned"), init_dir=os.path.join(out, "mle"))
+    if not d.main:
+        return {"mle": mle, "tuned": tuned}
     print("[4/5] results on the val split", flush=True)
     keys = sorted(set(mle) & set(tuned))
     width = max(len(k) for k in keys) if keys else 8

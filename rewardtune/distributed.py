@@ -1,6 +1,7 @@
 """torchrun / DDP set-up and the few collectives the loop needs (gloo on CPU, NCCL on GPUs)."""
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -20,7 +21,11 @@ class Dist:
 
 
 def setup() -> Dist:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
+
+    Once per process: later calls (the demo trains two stages) reuse the group, which is destroyed
+    at exit -- destroying and re-creating it between stages races on torchrun's store and hangs.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -28,6 +33,7 @@ def setup() -> Dist:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        atexit.register(teardown)
     rank = dist.get_rank()
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -48,6 +54,15 @@ def all_mean(values: dict, d: Dist) -> dict:
     return {k: v / d.world for k, v in zip(keys, t.tolist())}
 
 
+def all_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum of a tensor across ranks (a new tensor; the input is left as it is)."""
+    if d.world == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
 def all_true(flag: bool, d: Dist) -> bool:
     """True only when `flag` holds on every rank."""
     if d.world == 1:
@@ -65,11 +80,21 @@ def broadcast_object(obj, d: Dist):
     return box[0]
 
 
+def all_gather_object(obj, d: Dist) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects, e.g. RNG states)."""
+    if d.world == 1:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()
 
 
-def teardown(d: Dist) -> None:
-    if d.world > 1 and dist.is_initialized():
+def teardown() -> None:
+    """Destroy the process group (registered to run at exit by `setup`)."""
+    if dist.is_initialized():
         dist.destroy_process_group()

@@ -2,19 +2,24 @@
 
 Each takes the batch and returns (loss tensor with grad, logs of floats). Nothing task-specific:
 the task enters only through the Task contract (codec, reward, auxiliary loss, sample stats).
+
+Randomness is keyed by each sample's global position in the data stream (`positions`), never by
+rank, so K processes draw exactly what one process draws for the same global batch; token means
+are normalised by the global token count, so DDP's gradient average equals the 1-process gradient.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import ConfigError
 from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss
-from .model.encdec import EncoderDecoder, sequence_log_probs
+from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .tasks.base import Task
 
 
@@ -26,6 +31,30 @@ class StepContext:
     train: Any  # config.train
     reward_fn: Optional[Callable] = None
     reference: Optional[EncoderDecoder] = None  # frozen initial model for the optional KL term
+    dist: distributed.Dist = field(default_factory=distributed.Dist)
+
+
+def sample_rng(seed: int, position: int) -> np.random.Generator:
+    """The NumPy RNG of the sample at `position` of the data stream (codec orders); rank-independent."""
+    return np.random.default_rng([seed, position, 11])
+
+
+def sample_generator(seed: int, position: int, device: torch.device) -> torch.Generator:
+    """The torch generator of the REINFORCE draws of the image at `position`; rank-independent."""
+    key = int(np.random.SeedSequence([seed, position, 13]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(key)
+
+
+def global_token_weight(ctx: StepContext, count: torch.Tensor) -> torch.Tensor:
+    """Factor turning this rank's token mean into its share of the global token mean under DDP.
+
+    DDP averages gradients over K ranks, so loss_r * K * count_r / sum(count) makes the average the
+    mean over all tokens of the global batch, whatever the ranks' token counts.
+    """
+    if ctx.dist.world == 1:
+        return torch.ones((), device=count.device)
+    count = count.float()
+    return count * ctx.dist.world / distributed.all_sum(count, ctx.dist).clamp(min=1)
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,14 +66,16 @@ def pad_sequences(seqs: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, tor
     return out, lengths
 
 
-def mle_step(ctx: StepContext, images: torch.Tensor, targets: list, rng: np.random.Generator,
-             generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """Teacher-forced negative log-likelihood of the encoded targets."""
-    codec = ctx.task.codec
-    tokens, lengths = pad_sequences([codec.encode(t, rng) for t in targets], codec.end_token)
+def mle_step(ctx: StepContext, images: torch.Tensor, targets: list,
+             positions: Sequence[int]) -> tuple[torch.Tensor, dict]:
+    """Teacher-forced negative log-likelihood of the encoded targets (mean over the global tokens)."""
+    codec, seed = ctx.task.codec, ctx.train.seed
+    tokens, lengths = pad_sequences([codec.encode(t, sample_rng(seed, p)) for t, p in zip(targets, positions)],
+                                    codec.end_token)
     tokens, lengths = tokens.to(images.device), lengths.to(images.device)
     step_lp = ctx.model(images, tokens)
     loss = mle_loss(step_lp, tokens, lengths)
+    loss = loss * global_token_weight(ctx, lengths.sum())  # exactly 1 in one process
     return loss, {"loss": loss.item(), "target_length": float(lengths.float().mean())}
 
 
@@ -56,11 +87,20 @@ def decode_all(codec, gen, step_log_probs: Optional[torch.Tensor] = None) -> lis
             for i in range(tokens.shape[0])]
 
 
-def reward_step(ctx: StepContext, images: torch.Tensor, targets: list, rng: np.random.Generator,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+def sample_per_image(ctx: StepContext, images: torch.Tensor, positions: Sequence[int]) -> Generation:
+    """N samples of each image, image i drawn from its own generator (keyed by positions[i]), in one
+    batched call: the samples do not depend on how the global batch is split over ranks."""
+    cfg = ctx.train
+    generators = [sample_generator(cfg.seed, p, images.device) for p in positions]
+    return ctx.policy.generate(images, cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
+                               generator=generators)
+
+
+def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
+                positions: Sequence[int]) -> tuple[torch.Tensor, dict]:
     """REINFORCE with a leave-one-out (or greedy) baseline, plus the task's auxiliary loss."""
     cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
-    gen = ctx.policy.generate(images, n, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
+    gen = sample_per_image(ctx, images, positions)
     outputs = decode_all(task.codec, gen)
     repeated = [t for t in targets for _ in range(n)]
     rewards, parts = ctx.reward_fn(outputs, repeated)
@@ -88,6 +128,7 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list, rng: np.r
         with torch.no_grad():
             ref_lp = ctx.reference.log_probs(images, tokens, n)
         kl = kl_to_reference(step_lp, ref_lp, lengths)
+        kl = kl * global_token_weight(ctx, lengths.sum())
         loss = loss + cfg.kl_weight * kl
         logs["kl"] = kl.item()
     for name, value in (parts or {}).items():

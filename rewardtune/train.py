@@ -1,7 +1,8 @@
 """The one training loop for both stages: `pretrain` (MLE) and `tune` (REINFORCE).
 
-Every step's randomness derives from (seed, step, rank) and the data order from (seed, epoch), so
-a run resumed from its latest checkpoint continues exactly as if it had never stopped.
+Every sample's randomness derives from (seed, its position in the data stream) and the data order
+from (seed, epoch), so a run resumed from its latest checkpoint continues exactly as if it had never
+stopped, and K processes compute what one process computes for the same global batch.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from typing import Optional
 
@@ -25,14 +27,26 @@ from .steps import STEPS, StepContext, resolve_reward
 from .tasks import make_task
 
 
+def batch_positions(step: int, batch: int, rank: int = 0, world: int = 1) -> range:
+    """Positions in the data stream (sample k of the run is position k) of this rank's share of `step`."""
+    start = step * batch
+    return range(start + rank * batch // world, start + (rank + 1) * batch // world)
+
+
 def batch_indices(step: int, batch: int, n: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
     """This rank's share of the global batch of `step`: a fresh permutation of the split every epoch."""
-    start, idx = step * batch, []
-    for pos in range(start + rank * batch // world, start + (rank + 1) * batch // world):
+    idx = []
+    for pos in batch_positions(step, batch, rank, world):
         epoch, offset = divmod(pos, n)
         perm = _permutation(seed, epoch, n)
         idx.append(int(perm[offset]))
     return idx
+
+
+def data_position(step: int, batch: int, n: int) -> dict:
+    """Where the data order stands after `step` steps (recorded in checkpoints; derivable from step)."""
+    epoch, index = divmod(step * batch, n)
+    return {"samples_seen": step * batch, "epoch": epoch, "index_in_epoch": index, "split_size": n}
 
 
 _PERM_CACHE: dict = {}
@@ -73,7 +87,7 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
         if enabled and os.path.exists(path):
             with open(path) as f:
-                kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+                kept = [l for l in f if _logged_step(l) <= resume_step]
             with open(path + ".tmp", "w") as f:
                 f.writelines(kept)
             os.replace(path + ".tmp", path)
@@ -84,12 +98,32 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line cut short by a crash (so it is dropped)."""
+    try:
+        return json.loads(line).get("step", 0) if line.endswith("\n") else math.inf
+    except json.JSONDecodeError:
+        return math.inf
+
+
+def chosen_checkpoint(run_dir: str) -> str:
+    """The checkpoint that stands for a run: 'best' when it trained with patience (early stopping
+    selected it on val), else 'latest' (the end of the run)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            patience = json.load(f)["train"]["patience"]
+    except (OSError, ValueError, KeyError, TypeError):
+        patience = 0
+    name = "best" if patience and checkpoint.find(run_dir, "best") else "latest"
+    return name
+
+
 def _starting_point(config: Config, run_dir: str, init_dir: Optional[str]):
     """(checkpoint to resume from, checkpoint to initialise weights from) -- at most one is used."""
     resume = checkpoint.find(run_dir, "latest")
     if resume or not init_dir:
         return resume, None
-    init = checkpoint.find(init_dir, "best") or checkpoint.find(init_dir, "latest")
+    init = checkpoint.find(init_dir, chosen_checkpoint(init_dir))
     if init is None:
         raise UserError(f"{init_dir}: no checkpoint to start from (run pretrain first)")
     return None, init
@@ -105,32 +139,43 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
         raise UserError(f"config key 'train.batch_size': {cfg.batch_size} is not divisible by {d.world} processes")
     resume, init = _starting_point(config, run_dir, init_dir)
     source = checkpoint.load(resume) if resume else checkpoint.load(init, optimizer_state=False) if init else None
+    if source and source["state"].get("task") != config.task:  # before the task reads another task's state
+        raise UserError(f"{resume or init}: checkpoint is for task '{source['state'].get('task')}', "
+                        f"not '{config.task}'")
     task = make_task(config, source["state"]["task_state"] if source else None)
     splits = task.datasets()
     train_split, val_split = splits["train"], splits["val"]
+    for name, split in (("train", train_split), ("val", val_split)):
+        if getattr(split, "skipped", 0) and d.main:  # data.skip_corrupt: say how many were left out
+            tqdm.write(f"rewardtune: warning: skipped {split.skipped} unreadable image(s) of the {name} split "
+                       "(data.skip_corrupt)", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     model = build_model(config.model, config.data.image_size, task.codec).to(d.device)
     if source:
         checkpoint.load_weights(model, source["model"], resume or init, config.task, source["state"].get("task"))
     reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_weight > 0 else None
     optimizer, scheduler = make_optimizer(model, cfg)
-    state = {"task": config.task, "task_state": task.state, "config": config.to_dict(),
-             "best_metric": None, "evals_since_best": 0, "nonfinite_total": 0}
+    # baseline_state: the leave-one-out and greedy baselines hold no state across steps (None).
+    state = {"task": config.task, "task_state": task.state, "config": config.to_dict(), "best_metric": None,
+             "evals_since_best": 0, "nonfinite_total": 0, "nonfinite_run": 0, "baseline_state": None}
     start = 0
     if resume:
         optimizer.load_state_dict(source["optim"]["optimizer"])
         scheduler.load_state_dict(source["optim"]["scheduler"])
-        checkpoint.restore_rng(source["rng"], source["state"]["rng"])
-        state.update({k: source["state"][k] for k in ("best_metric", "evals_since_best", "nonfinite_total")})
+        checkpoint.restore_rng(source["rng"], source["state"]["rng"], d.rank)
+        state.update({k: source["state"][k] for k in ("best_metric", "evals_since_best", "nonfinite_total",
+                                                     "nonfinite_run", "baseline_state", "finished")
+                      if k in source["state"]})
         start = source["state"]["step"]
     if d.main:
         os.makedirs(run_dir, exist_ok=True)
+        checkpoint.remove_partial(os.path.join(run_dir, "checkpoints"))
         save_config(config, os.path.join(run_dir, "config.json"))
     wrapped = model
     if d.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
     ctx = StepContext(task, wrapped, model, cfg, resolve_reward(task, cfg.reward) if cfg.stage == "reward" else None,
-                      reference)
+                      reference, d)
     log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), start, d.main)
     loop = _Loop(config, run_dir, d, task, model, optimizer, scheduler, state, log, ctx, train_split, val_split)
     loop.run(start)
@@ -141,7 +186,6 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
         metrics = evaluate_run(run_dir, split="val", checkpoint_name=chosen, task=task, splits=splits,
                                model=None if chosen == "best" else model)
     distributed.barrier(d)
-    distributed.teardown(d)
     return metrics
 
 
@@ -152,7 +196,6 @@ class _Loop:
         vars(self).update({k: v for k, v in locals().items() if k != "self"})
         self.cfg = config.train
         self.step_fn = STEPS[self.cfg.stage]
-        self.nonfinite_run = 0
 
     def run(self, start: int) -> None:
         cfg = self.cfg
@@ -161,43 +204,42 @@ class _Loop:
         t0, window = time.time(), []
         if self.state.get("finished"):
             start = cfg.steps  # a run that already ended (or stopped early) stays ended
-        for step in range(start, cfg.steps):
-            logs = self._step(step)
-            window.append(logs)
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                mean = distributed.all_mean({k: float(np.mean([w[k] for w in window if k in w]))
-                                             for k in window[-1]}, self.d)
-                record = {"step": done, **{f"train/{k}": v for k, v in mean.items()},
-                          "train/lr": self.scheduler.get_last_lr()[0], "time": round(time.time() - t0, 3)}
-                self.log.write(record)
-                bar.set_postfix({k: f"{mean[k]:.4g}" for k in ("loss", "reward") if k in mean})
-                window = []
-            stop = False
-            is_best = False
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                is_best, stop = self._validate(done)
-            if done == cfg.steps or stop:
-                self.state["finished"] = True
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or is_best or stop:
-                self._save(done, is_best)
-            if stop:
-                if self.d.main:
-                    tqdm.write(f"stopping at step {done}: val/{self.task.primary_metric} has not improved for "
-                               f"{cfg.patience} evaluations (best {self.state['best_metric']:.4f})")
-                break
-        bar.close()
+        with bar:  # closed (its line ended) also when a step raises, so errors print on their own line
+            for step in range(start, cfg.steps):
+                logs = self._step(step)
+                window.append(logs)
+                bar.update(1)
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    keys = sorted({k for w in window for k in w})  # the same on every rank (skips are agreed)
+                    mean = distributed.all_mean({k: float(np.mean([w[k] for w in window if k in w])) for k in keys},
+                                                self.d)
+                    record = {"step": done, **{f"train/{k}": v for k, v in mean.items()},
+                              "train/lr": self.scheduler.get_last_lr()[0], "time": round(time.time() - t0, 3)}
+                    self.log.write(record)
+                    bar.set_postfix({k: f"{mean[k]:.4g}" for k in ("loss", "reward") if k in mean})
+                    window = []
+                stop = False
+                is_best = False
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    is_best, stop = self._validate(done)
+                if done == cfg.steps or stop:
+                    self.state["finished"] = True
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps or is_best or stop:
+                    self._save(done, is_best)
+                if stop:
+                    if self.d.main:
+                        tqdm.write(f"stopping at step {done}: val/{self.task.primary_metric} has not improved for "
+                                   f"{cfg.patience} evaluations (best {self.state['best_metric']:.4f})")
+                    break
 
     def _step(self, step: int) -> dict:
         cfg, d = self.cfg, self.d
         idx = batch_indices(step, cfg.batch_size, len(self.train_split), cfg.seed, d.rank, d.world)
         images, targets, ids = self.train_split.batch(idx)
         images = images.to(d.device)
-        rng = np.random.default_rng([cfg.seed, step, d.rank, 11])
-        generator = torch.Generator(device=d.device).manual_seed(cfg.seed * 1_000_003 + step * 101 + d.rank)
         self.model.train()
-        loss, logs = self.step_fn(self.ctx, images, targets, rng, generator)
+        loss, logs = self.step_fn(self.ctx, images, targets, batch_positions(step, cfg.batch_size, d.rank, d.world))
         finite = distributed.all_true(bool(torch.isfinite(loss)), d)
         if finite:
             self.optimizer.zero_grad(set_to_none=True)
@@ -207,21 +249,24 @@ class _Loop:
             logs["grad_norm"] = float(norm) if finite else float("nan")
         if finite:
             self.optimizer.step()
-            self.nonfinite_run = 0
+            self.state["nonfinite_run"] = 0
         else:
             self._skip(step, ids)
+            logs = {}  # a skipped step's numbers stay out of the logged means (its skip has its own line)
         self.scheduler.step()
         return logs
 
     def _skip(self, step: int, ids: list) -> None:
+        """Drop the step's gradients; count and log it with the batch ids of every rank; stop after too many."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.nonfinite_run += 1
+        self.state["nonfinite_run"] += 1
         self.state["nonfinite_total"] += 1
-        self.log.write({"step": step + 1, "train/nonfinite_skipped": 1, "batch_ids": [str(i) for i in ids]})
-        if self.nonfinite_run > self.cfg.max_nonfinite:
+        ids = [str(i) for rank_ids in distributed.all_gather_object(ids, self.d) for i in rank_ids]
+        self.log.write({"step": step + 1, "train/nonfinite_skipped": 1, "batch_ids": ids})
+        if self.state["nonfinite_run"] > self.cfg.max_nonfinite:
             last = checkpoint.find(self.run_dir, "latest")
-            raise UserError(f"stopped at step {step + 1}: {self.nonfinite_run} non-finite losses or gradients in a "
-                            f"row (train.max_nonfinite={self.cfg.max_nonfinite}); last good checkpoint: {last}")
+            raise UserError(f"stopped at step {step + 1}: {self.state['nonfinite_run']} non-finite losses or gradients "
+                            f"in a row (train.max_nonfinite={self.cfg.max_nonfinite}); last good checkpoint: {last}")
 
     def _validate(self, done: int) -> tuple[bool, bool]:
         """Greedy-decode the first eval_images val images; track the best metric for patience."""
@@ -243,7 +288,9 @@ class _Loop:
         return distributed.broadcast_object((is_best, stop), self.d)
 
     def _save(self, done: int, is_best: bool) -> None:
+        rng = distributed.all_gather_object(checkpoint.rng_state(), self.d)  # every rank's RNG states
         if self.d.main:
+            self.state["data_position"] = data_position(done, self.cfg.batch_size, len(self.train_split))
             checkpoint.save(self.run_dir, done, self.model, self.optimizer, self.scheduler, self.state,
-                            keep=self.cfg.keep_checkpoints, best=is_best)
+                            keep=self.cfg.keep_checkpoints, best=is_best, rng=rng)
         distributed.barrier(self.d)

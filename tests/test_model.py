@@ -76,3 +76,15 @@ def test_mle_loss_ignores_positions_after_the_end():
     lengths = torch.tensor([2, 3])
     expected = -(step_lp[0, 0, 1] + step_lp[0, 1, 4] + step_lp[1, 0, 2] + step_lp[1, 1, 3] + step_lp[1, 2, 4]) / 5
     assert torch.allclose(mle_loss(step_lp, tokens, lengths), expected)
+
+
+def test_per_image_generators_make_samples_independent_of_the_batch():
+    model = tiny_model()
+    images = torch.rand(3, 3, 16, 16)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (7, 8, 9)]
+    together = model.generate(images, 4, generator=gens())
+    alone = model.generate(images[1:2], 4, generator=[gens()[1]])
+    T = alone.tokens.shape[1]
+    assert torch.equal(together.tokens[4:8, :T], alone.tokens)
+    assert (together.tokens[4:8, T:] == model.end_token).all()
+    assert torch.allclose(together.log_probs[4:8], alone.log_probs, atol=1e-5)

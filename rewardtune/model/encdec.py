@@ -5,7 +5,7 @@ Shapes: B images, N samples per image, T tokens, V vocabulary, M encoder tokens,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -65,12 +65,15 @@ class EncoderDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, num_samples: int = 1, *, greedy: bool = False,
                  temperature: float = 1.0, top_k: int = 0, max_len: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, use_cache: bool = True,
+                 generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
+                 use_cache: bool = True,
                  return_step_log_probs: bool = False) -> Generation:
         """Sample (Gumbel-max) or greedy-decode N sequences per image; the encoder runs once per image.
 
         Stops as soon as every sequence has emitted the end token. Log-probs are those of the
-        model at temperature 1 under the grammar (what REINFORCE and scores use).
+        model at temperature 1 under the grammar (what REINFORCE and scores use). `generator` may be
+        one generator per image: image i's samples then depend on generators[i] alone (not on the
+        other images of the batch), which is what makes multi-process sampling match one process.
         """
         L = min(max_len or self.max_len, self.max_len)
         memory = self.encode(images, num_samples)
@@ -107,8 +110,7 @@ class EncoderDecoder(nn.Module):
         return Generation(tokens[:, :used], lengths, total, ended, step_lp)
 
     @staticmethod
-    def _choose(logp: torch.Tensor, greedy: bool, temperature: float, top_k: int,
-                generator: Optional[torch.Generator]) -> torch.Tensor:
+    def _choose(logp: torch.Tensor, greedy: bool, temperature: float, top_k: int, generator) -> torch.Tensor:
         if greedy:
             return logp.argmax(-1)
         scores = logp / temperature
@@ -116,7 +118,12 @@ class EncoderDecoder(nn.Module):
             kth = scores.topk(top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, MASKED)
         # Gumbel-max: argmax(logits + Gumbel noise) is a sample; ~3x cheaper than multinomial here.
-        u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0)
+        if isinstance(generator, (list, tuple)):
+            rows = scores.shape[0] // len(generator)
+            u = torch.cat([torch.rand((rows, scores.shape[1]), generator=g, device=scores.device) for g in generator])
+        else:
+            u = torch.rand(scores.shape, generator=generator, device=scores.device)
+        u = u.clamp_(1e-20, 1.0)
         return (scores - torch.log(-torch.log(u))).argmax(-1)
 
 

@@ -133,14 +133,18 @@ def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
     raw = read_panoptic_json(ann_path)
     isthing = {c["id"]: c["isthing"] for c in categories_of(raw)}
     category_ids = set(isthing)
+    if not isinstance(raw.get("images"), list):
+        raise DataError(f"{ann_path}: not a COCO panoptic JSON (no 'images' list)")
     image_files = {}
-    for img in raw.get("images") or []:
+    for img in raw["images"]:
         if isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str):
             image_files[img["id"]] = img["file_name"]
     anns = raw["annotations"]
     limit = config.data.max_train_images if split == "train" else config.data.max_val_images
     if limit:
         anns = anns[:limit]
+    if not anns:
+        raise DataError(f"{ann_path}: the split has no images")
     paths = []
     for ann in anns:
         if ann["image_id"] not in image_files:
@@ -148,6 +152,8 @@ def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
         paths.append(inside(image_dir, image_files[ann["image_id"]]))
     size = config.data.image_size
     images, kept = load_images(paths, size, skip_corrupt=config.data.skip_corrupt)
+    if not kept:
+        raise DataError(f"{ann_path}: no readable images in {image_dir}")
     targets, ids = [], []
     for i in kept:
         ann = anns[i]

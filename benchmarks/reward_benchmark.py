@@ -1,0 +1,148 @@
+"""Tuned vs MLE benchmark for any task: MLE to its plateau, then the task's tuning stages in order
+(detection: the recall reward, then the map reward, as the paper did), against the control: the MLE
+model trained on for as many steps as tuning took, at the learning rate MLE ended with.
+
+    .venv/bin/python benchmarks/reward_benchmark.py detection --seeds 0 1 2
+    .venv/bin/python benchmarks/reward_benchmark.py captioning --seeds 0 1 2
+    .venv/bin/python benchmarks/reward_benchmark.py detection --quick       # tiny, checks the chain
+
+Recipes: rewardtune/configs/<task>_bench_mle.json and <task>_bench_tune*.json (sorted by the
+"stage_order" in TUNE_STAGES). Every figure is computed by `rewardtune score` from the written
+prediction files of RUN/eval/val. Re-running resumes. Results go to OUT/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rewardtune.config import apply_overrides, from_dict  # noqa: E402
+from rewardtune.data.shapes import generate_shapes  # noqa: E402
+from rewardtune.recipes import recipe_dict  # noqa: E402
+from rewardtune.score import score  # noqa: E402
+from rewardtune.train import train  # noqa: E402
+
+TUNE_STAGES = {"detection": ["tune_recall", "tune_map"]}  # default: ["tune"]
+COLUMNS = {"detection": ("map", "ap50", "ap75", "ar100"), "captioning": ("cider", "bleu4", "rougeL", "mean_length"),
+           "colorization": ("colorfulness", "psnr", "ssim", "hist_distance"),
+           "panoptic": ("pq", "sq", "rq", "pq_things", "pq_stuff")}
+QUICK = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=8",
+         "train.eval_images=16", "model.width=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2"]
+
+
+def config(task: str, stage: str, data_root: str, seed: int, extra: list[str]):
+    raw = recipe_dict(f"{task}_bench_{stage}")
+    return from_dict(apply_overrides(raw, [f"data.root={json.dumps(data_root)}", f"train.seed={seed}", *extra]))
+
+
+def score_args(task: str, run: str, data: str) -> dict:
+    ev, ann = os.path.join(run, "eval", "val"), os.path.join(data, "annotations")
+    return {"detection": {"pred": f"{ev}/detections.json", "gt": f"{ann}/instances_val.json"},
+            "captioning": {"pred": f"{ev}/captions.json", "gt": f"{ann}/captions_val.json"},
+            "colorization": {"pred": f"{ev}/images", "gt": f"{data}/images/val"},
+            "panoptic": {"pred_json": f"{ev}/panoptic.json", "pred_dir": f"{ev}/panoptic",
+                         "gt_json": f"{ann}/panoptic_val.json", "gt_dir": f"{ann}/panoptic_val"}}[task]
+
+
+def scored(task: str, run: str, data: str) -> dict:
+    metrics = score(task, score_args(task, run, data))
+    if task == "detection":
+        with open(os.path.join(run, "eval", "val", "detections.json")) as f:
+            dets = len(json.load(f))
+        with open(os.path.join(data, "annotations", "instances_val.json")) as f:
+            gt = json.load(f)
+        metrics["boxes_per_image"] = dets / max(1, len(gt["images"]))
+        metrics["gt_boxes_per_image"] = len(gt["annotations"]) / max(1, len(gt["images"]))
+    return metrics
+
+
+def timed(fn, *args, **kwargs) -> float:
+    t = time.time()
+    fn(*args, **kwargs)
+    return time.time() - t
+
+
+def val_curve(run: str, metric: str) -> list:
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [(r["step"], r[f"val/{metric}"]) for r in map(json.loads, f) if f"val/{metric}" in r]
+
+
+def run_seed(task: str, seed: int, args) -> dict:
+    data = os.path.join(args.out, f"data-seed{seed}")
+    if not os.path.exists(os.path.join(data, "world.json")):
+        generate_shapes(data, num_train=args.num_train, num_val=args.num_val, num_test=16, image_size=64,
+                        seed=seed, level=args.level)
+    extra = QUICK if args.quick else []
+    stages = TUNE_STAGES.get(task, ["tune"])
+    run = lambda name: os.path.join(args.out, f"seed{seed}", name)  # noqa: E731
+    times = {"mle": timed(train, config(task, "mle", data, seed, extra), run("mle"))}
+    previous = run("mle")
+    for stage in stages:
+        times[stage] = timed(train, config(task, stage, data, seed, extra), run(stage), init_dir=previous)
+        previous = run(stage)
+    tune_steps = sum(config(task, s, data, seed, extra).train.steps for s in stages)
+    mle = config(task, "mle", data, seed, extra).train
+    control = config(task, "mle", data, seed, extra + [
+        f"train.steps={tune_steps}", "train.schedule=constant", "train.warmup_steps=0", "train.patience=0",
+        f"train.lr={mle.lr * max(mle.min_lr_ratio, 0.01)}", f"train.eval_every={max(1, tune_steps // 4)}"])
+    times["control"] = timed(train, control, run("control"), init_dir=run("mle"))
+    names = ["mle", "control", *stages]
+    primary = COLUMNS[task][0]
+    return {"seed": seed, "stages": names, "tuned": stages[-1], "tune_steps": tune_steps, "times": times,
+            "metrics": {n: scored(task, run(n), data) for n in names}, "mle_curve": val_curve(run("mle"), primary)}
+
+
+def print_table(task: str, results: list[dict]) -> None:
+    cols = COLUMNS[task]
+    extra = ["boxes_per_image"] if task == "detection" else []
+    print(f"\n{'seed':>4} {'model':<12} " + " ".join(f"{c:>11}" for c in cols + tuple(extra)) + f" {'wall s':>7}")
+    for r in results:
+        for name in r["stages"]:
+            m = r["metrics"][name]
+            print(f"{r['seed']:>4} {name:<12} " + " ".join(f"{m[c]:11.4f}" for c in cols + tuple(extra))
+                  + f" {r['times'][name]:7.0f}")
+    if task == "detection":
+        print(f"(ground truth: {results[0]['metrics']['mle']['gt_boxes_per_image']:.2f} boxes per image)")
+    tuned = results[0]["tuned"]
+    for name in ("mle", "control", tuned):
+        print(f"mean {name:<12}" + " ".join(f"{sum(r['metrics'][name][c] for r in results) / len(results):11.4f}"
+                                         for c in cols))
+    p = cols[0]
+    mean = lambda a, b: sum(r["metrics"][a][p] - r["metrics"][b][p] for r in results) / len(results)  # noqa: E731
+    print(f"{p}: tuned - MLE {mean(tuned, 'mle'):+.4f}; tuned - control {mean(tuned, 'control'):+.4f} "
+          f"(mean of {len(results)} seeds)")
+    for r in results:
+        print(f"seed {r['seed']} MLE val/{p} curve (step: value): " + ", ".join(f"{s}: {v:.4f}" for s, v in r["mle_curve"]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("task", choices=sorted(COLUMNS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", help="default bench_out/<task>")
+    p.add_argument("--level", default=None, help="shapes world level (default: crowded for detection, else medium)")
+    p.add_argument("--num-train", type=int, default=8000)
+    p.add_argument("--num-val", type=int, default=256)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    args.out = args.out or os.path.join("bench_out", args.task)
+    args.level = args.level or ("crowded" if args.task == "detection" else "medium")
+    if args.quick:
+        args.num_train, args.num_val = 64, 16
+    print(f"{args.task} benchmark: shapes world '{args.level}', {args.num_train} train / {args.num_val} val images, "
+          "seeds " + " ".join(map(str, args.seeds)), flush=True)
+    results = []
+    os.makedirs(args.out, exist_ok=True)
+    for seed in args.seeds:
+        results.append(run_seed(args.task, seed, args))
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    print_table(args.task, results)
+
+
+if __name__ == "__main__":
+    main()
