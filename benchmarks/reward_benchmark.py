@@ -124,13 +124,13 @@ def main() -> None:
     p.add_argument("task", choices=sorted(COLUMNS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", help="default bench_out/<task>")
-    p.add_argument("--level", default=None, help="shapes world level (default: crowded for detection, else medium)")
+    p.add_argument("--level", default=None, help="shapes world level (default: medium)")
     p.add_argument("--num-train", type=int, default=8000)
     p.add_argument("--num-val", type=int, default=256)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     args.out = args.out or os.path.join("bench_out", args.task)
-    args.level = args.level or ("crowded" if args.task == "detection" else "medium")
+    args.level = args.level or "medium"
     if args.quick:
         args.num_train, args.num_val = 64, 16
     print(f"{args.task} benchmark: shapes world '{args.level}', {args.num_train} train / {args.num_val} val images, "

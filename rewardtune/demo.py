@@ -16,7 +16,7 @@ from .recipes import recipe_dict, recipe_names
 
 # The world each demo generates, and what --quick changes (everything tiny: the chain in ~1 minute).
 WORLDS = {
-    "detection": dict(level="medium", num_train=4000, num_val=256, num_test=64, image_size=64, seed=0),
+    "detection": dict(level="medium", num_train=6000, num_val=256, num_test=64, image_size=64, seed=0),
 }
 QUICK_WORLD = dict(num_train=64, num_val=16, num_test=8)
 QUICK_OVERRIDES = ["train.steps=6", "train.batch_size=8", "train.eval_every=3", "train.checkpoint_every=3",

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import checkpoint
-from .config import Config, from_dict
+
 from .data.files import write_json_atomic
 from .errors import UserError
 from .model.encdec import EncoderDecoder, build_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from .config import Config, apply_overrides, from_dict, load
+from .config import Config, load
 from .errors import ConfigError
 
 RECIPE_DIR = os.path.join(os.path.dirname(__file__), "configs")
