@@ -71,6 +71,13 @@ def val_curve(run: str, metric: str) -> list:
         return [(r["step"], r[f"val/{metric}"]) for r in map(json.loads, f) if f"val/{metric}" in r]
 
 
+def last_logged(run: str, key: str):
+    """The last value of `key` in RUN/metrics.jsonl (None if never logged)."""
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        values = [r[key] for r in map(json.loads, f) if key in r]
+    return values[-1] if values else None
+
+
 def run_seed(task: str, seed: int, args) -> dict:
     data = os.path.join(args.out, f"data-seed{seed}")
     if not os.path.exists(os.path.join(data, "world.json")):
@@ -92,7 +99,10 @@ def run_seed(task: str, seed: int, args) -> dict:
     times["control"] = timed(train, control, run("control"), init_dir=run("mle"))
     names = ["mle", "control", *stages]
     primary = COLUMNS[task][0]
+    sampling = {s: {k: last_logged(run(s), f"train/{k}") for k in ("reward", "no_end_rate", "all_equal_frac")}
+                for s in stages}
     return {"seed": seed, "stages": names, "tuned": stages[-1], "tune_steps": tune_steps, "times": times,
+            "sampling": sampling,
             "metrics": {n: scored(task, run(n), data) for n in names}, "mle_curve": val_curve(run("mle"), primary)}
 
 
@@ -115,6 +125,11 @@ def print_table(task: str, results: list[dict]) -> None:
     mean = lambda a, b: sum(r["metrics"][a][p] - r["metrics"][b][p] for r in results) / len(results)  # noqa: E731
     print(f"{p}: tuned - MLE {mean(tuned, 'mle'):+.4f}; tuned - control {mean(tuned, 'control'):+.4f} "
           f"(mean of {len(results)} seeds)")
+    for r in results:
+        for stage, logged in r.get("sampling", {}).items():
+            print(f"seed {r['seed']} {stage}: last logged train reward {logged['reward']}, share of samples with "
+                  f"no end token {logged['no_end_rate']}, share of images whose samples all scored the same "
+                  f"{logged['all_equal_frac']}")
     for r in results:
         print(f"seed {r['seed']} MLE val/{p} curve (step: value): " + ", ".join(f"{s}: {v:.4f}" for s, v in r["mle_curve"]))
 
