@@ -26,7 +26,11 @@ from rewardtune.recipes import recipe_dict  # noqa: E402
 from rewardtune.score import score  # noqa: E402
 from rewardtune.train import train  # noqa: E402
 
-TUNE_STAGES = {"detection": ["tune_recall", "tune_map"]}  # default: ["tune"]
+# Tuning stages per task as (name, the run it starts from); default [("tune", "mle")]. Detection chains the
+# paper's recall stage into the map stage; colorization branches twice from MLE (colorfulness alone, and
+# colorfulness with the fidelity term).
+TUNE_STAGES = {"detection": [("tune_recall", "mle"), ("tune_map", "tune_recall")],
+               "colorization": [("tune", "mle"), ("tune_fidelity", "mle")]}
 COLUMNS = {"detection": ("map", "ap50", "ap75", "ar100"), "captioning": ("cider", "bleu4", "rougeL", "mean_length"),
            "colorization": ("colorfulness", "psnr", "ssim", "hist_distance"),
            "panoptic": ("pq", "sq", "rq", "pq_things", "pq_stuff")}
@@ -84,26 +88,77 @@ def run_seed(task: str, seed: int, args) -> dict:
         generate_shapes(data, num_train=args.num_train, num_val=args.num_val, num_test=16, image_size=64,
                         seed=seed, level=args.level)
     extra = QUICK if args.quick else []
-    stages = TUNE_STAGES.get(task, ["tune"])
+    plan = TUNE_STAGES.get(task, [("tune", "mle")])
+    stages, parent = [name for name, _ in plan], dict(plan)
     run = lambda name: os.path.join(args.out, f"seed{seed}", name)  # noqa: E731
     times = {"mle": timed(train, config(task, "mle", data, seed, extra), run("mle"))}
-    previous = run("mle")
-    for stage in stages:
-        times[stage] = timed(train, config(task, stage, data, seed, extra), run(stage), init_dir=previous)
-        previous = run(stage)
-    tune_steps = sum(config(task, s, data, seed, extra).train.steps for s in stages)
+    for stage, start in plan:
+        times[stage] = timed(train, config(task, stage, data, seed, extra), run(stage), init_dir=run(start))
+    steps = {s: config(task, s, data, seed, extra).train.steps for s in stages}
+    chain = lambda s: steps[s] + (chain(parent[s]) if parent[s] != "mle" else 0)  # noqa: E731
+    tune_steps = max(chain(s) for s in stages)  # the control trains as long as the longest tuning chain
     mle = config(task, "mle", data, seed, extra).train
     control = config(task, "mle", data, seed, extra + [
         f"train.steps={tune_steps}", "train.schedule=constant", "train.warmup_steps=0", "train.patience=0",
         f"train.lr={mle.lr * max(mle.min_lr_ratio, 0.01)}", f"train.eval_every={max(1, tune_steps // 4)}"])
     times["control"] = timed(train, control, run("control"), init_dir=run("mle"))
     names = ["mle", "control", *stages]
-    primary = COLUMNS[task][0]
+    primary = mle.monitor.lstrip("-") or COLUMNS[task][0]  # the metric MLE's plateau was judged on
     sampling = {s: {k: last_logged(run(s), f"train/{k}") for k in ("reward", "no_end_rate", "all_equal_frac")}
                 for s in stages}
-    return {"seed": seed, "stages": names, "tuned": stages[-1], "tune_steps": tune_steps, "times": times,
+    leaves = [s for s in stages if s not in parent.values()]
+    extras = {}
+    if task == "colorization":
+        extras["grid"] = colorization_grid(os.path.join(args.out, f"seed{seed}"), data, leaves,
+                                           os.path.join(args.out, f"seed{seed}", "grid.png"))
+    if task == "panoptic":
+        extras["timing"] = sample_vs_reward_time(run(stages[-1]), seed=seed)
+    return {**extras, "seed": seed, "stages": names, "tuned": stages[-1], "leaves": leaves, "tune_steps": tune_steps, "times": times,
             "sampling": sampling,
-            "metrics": {n: scored(task, run(n), data) for n in names}, "mle_curve": val_curve(run("mle"), primary)}
+            "metrics": {n: scored(task, run(n), data) for n in names}, "mle_curve": val_curve(run("mle"), primary),
+            "mle_curve_metric": primary}
+
+
+def sample_vs_reward_time(run: str, images: int = 32, samples: int = 8, seed: int = 0) -> dict:
+    """Seconds to sample images x samples sequences (one cached, batched call, as the reward step does) and
+    to decode and reward them with the run's reward, measured back to back in this process."""
+    import torch
+    from rewardtune.evaluate import load_run
+    from rewardtune.steps import decode_all, resolve_reward
+    cfg, task, model = load_run(run, "best")
+    split = task.datasets()["val"]
+    batch, targets, _ = split.batch(list(range(min(images, len(split)))))
+    reward_fn = resolve_reward(task, cfg.train.reward)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.generate(batch[:2], 2)  # warm-up
+        t0 = time.perf_counter()
+        gen = model.generate(batch, samples)
+        t1 = time.perf_counter()
+        outputs = decode_all(task.codec, gen)
+        t2 = time.perf_counter()
+        reward_fn(outputs, [t for t in targets for _ in range(samples)])
+        t3 = time.perf_counter()
+    return {"sequences": len(outputs), "tokens": int(gen.tokens.shape[1]), "sample_s": t1 - t0,
+            "decode_s": t2 - t1, "reward_s": t3 - t2}
+
+
+def colorization_grid(seed_dir: str, data: str, leaves: list[str], out_png: str, count: int = 8) -> str:
+    """One row per val image (the first `count` by name): gray input | MLE | each tuned model | truth."""
+    import numpy as np
+    from PIL import Image
+    val = os.path.join(data, "images", "val")
+    names = sorted(os.listdir(val))[:count]
+    rows = []
+    for name in names:
+        truth = np.asarray(Image.open(os.path.join(val, name)).convert("RGB"))
+        gray = np.asarray(Image.open(os.path.join(val, name)).convert("L").convert("RGB"))
+        cols = [gray] + [np.asarray(Image.open(os.path.join(seed_dir, m, "eval", "val", "images", name)).convert("RGB"))
+                         for m in ["mle", *leaves]] + [truth]
+        rows.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cols], 1))
+    Image.fromarray(np.concatenate(rows, 0)).resize((rows[0].shape[1] * 2, len(rows) * rows[0].shape[0] * 2),
+                                                    Image.NEAREST).save(out_png)
+    return out_png
 
 
 def print_table(task: str, results: list[dict]) -> None:
@@ -117,21 +172,29 @@ def print_table(task: str, results: list[dict]) -> None:
                   + f" {r['times'][name]:7.0f}")
     if task == "detection":
         print(f"(ground truth: {results[0]['metrics']['mle']['gt_boxes_per_image']:.2f} boxes per image)")
-    tuned = results[0]["tuned"]
-    for name in ("mle", "control", tuned):
-        print(f"mean {name:<12}" + " ".join(f"{sum(r['metrics'][name][c] for r in results) / len(results):11.4f}"
-                                         for c in cols))
-    p = cols[0]
-    mean = lambda a, b: sum(r["metrics"][a][p] - r["metrics"][b][p] for r in results) / len(results)  # noqa: E731
-    print(f"{p}: tuned - MLE {mean(tuned, 'mle'):+.4f}; tuned - control {mean(tuned, 'control'):+.4f} "
-          f"(mean of {len(results)} seeds)")
+    leaves = results[0].get("leaves", [results[0]["tuned"]])
+    avg = lambda name, c: sum(r["metrics"][name][c] for r in results) / len(results)  # noqa: E731
+    for name in ("mle", "control", *leaves):
+        print(f"mean {name:<12}" + " ".join(f"{avg(name, c):11.4f}" for c in cols))
+    for c in cols:
+        for name in leaves:
+            print(f"{c}: {name} - MLE {avg(name, c) - avg('mle', c):+.4f} (x{avg(name, c) / (avg('mle', c) or float('nan')):.3f}); "
+                  f"{name} - control {avg(name, c) - avg('control', c):+.4f} (mean of {len(results)} seeds)")
     for r in results:
         for stage, logged in r.get("sampling", {}).items():
             print(f"seed {r['seed']} {stage}: last logged train reward {logged['reward']}, share of samples with "
                   f"no end token {logged['no_end_rate']}, share of images whose samples all scored the same "
                   f"{logged['all_equal_frac']}")
     for r in results:
-        print(f"seed {r['seed']} MLE val/{p} curve (step: value): " + ", ".join(f"{s}: {v:.4f}" for s, v in r["mle_curve"]))
+        if "grid" in r:
+            print(f"seed {r['seed']} grid (gray input | MLE | {' | '.join(leaves)} | truth): {r['grid']}")
+        if "timing" in r:
+            t = r["timing"]
+            print(f"seed {r['seed']} {t['sequences']} maps of {t['tokens']} tokens: sample {t['sample_s']:.3f} s, "
+                  f"decode {t['decode_s']:.3f} s, reward {t['reward_s']:.3f} s (decode + reward "
+                  f"{(t['decode_s'] + t['reward_s']) / t['sample_s']:.2f}x the sampling time)")
+    for r in results:
+        print(f"seed {r['seed']} MLE val/{r.get('mle_curve_metric', cols[0])} curve (step: value): " + ", ".join(f"{s}: {v:.4f}" for s, v in r["mle_curve"]))
 
 
 def main() -> None:
@@ -157,6 +220,15 @@ def main() -> None:
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
     print_table(args.task, results)
+    if args.quick:
+        return
+    sys.argv = [sys.argv[0]]
+    if args.task == "captioning":  # the issue's scoring-speed line, in the same run
+        import captioning_cider_speed
+        captioning_cider_speed.main()
+    if args.task == "detection":  # the issue's sampler-speed and MFU lines, in the same run
+        import speed
+        speed.main()
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     patience: int = 0  # stop after this many evals without a better val metric (0 = never)
+    monitor: str = ""  # val metric that picks `best` and drives patience ("" = the task's; "-name": lower is better)
     # reward stage
     reward: str = ""  # a task reward name or "package.module:function"
     num_samples: int = 8  # samples per image

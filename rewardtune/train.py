@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .config import Config, save as save_config
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .evaluate import evaluate_run, predict_split
 from .model.encdec import build_model
 from .steps import STEPS, StepContext, resolve_reward
@@ -229,8 +229,9 @@ class _Loop:
                     self._save(done, is_best)
                 if stop:
                     if self.d.main:
-                        tqdm.write(f"stopping at step {done}: val/{self.task.primary_metric} has not improved for "
-                                   f"{cfg.patience} evaluations (best {self.state['best_metric']:.4f})")
+                        monitor = cfg.monitor.lstrip("-") or self.task.primary_metric
+                    tqdm.write(f"stopping at step {done}: val/{monitor} has not improved for {cfg.patience} "
+                               f"evaluations (best {abs(self.state['best_metric']):.4f})")
                     break
 
     def _step(self, step: int) -> dict:
@@ -276,7 +277,11 @@ class _Loop:
             outputs, targets, ids = predict_split(self.model, self.task, self.val_split, range(n))
             metrics = self.task.metrics(outputs, targets, ids)
             self.log.write({"step": done, **{f"val/{k}": float(v) for k, v in metrics.items()}})
-            value = float(metrics[self.task.primary_metric])
+            name = self.cfg.monitor.lstrip("-") or self.task.primary_metric
+            if name not in metrics:
+                raise ConfigError(f"config key 'train.monitor': {name!r} is not a val metric of task "
+                                  f"'{self.task.name}' (its metrics: {', '.join(metrics)})")
+            value = float(metrics[name]) * (-1.0 if self.cfg.monitor.startswith("-") else 1.0)
             best = self.state["best_metric"]
             if best is None or value > best:
                 self.state.update(best_metric=value, evals_since_best=0)
@@ -284,7 +289,7 @@ class _Loop:
             else:
                 self.state["evals_since_best"] += 1
             stop = bool(self.cfg.patience) and self.state["evals_since_best"] >= self.cfg.patience
-            tqdm.write(f"step {done}: val/{self.task.primary_metric} {value:.4f}" + (" (best)" if is_best else ""))
+            tqdm.write(f"step {done}: val/{name} {float(metrics[name]):.4f}" + (" (best)" if is_best else ""))
         return distributed.broadcast_object((is_best, stop), self.d)
 
     def _save(self, done: int, is_best: bool) -> None:

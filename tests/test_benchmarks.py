@@ -1,16 +1,29 @@
-"""The benchmark script runs its whole chain (tiny) and prints its table."""
+"""The benchmark script runs its whole chain (tiny) and prints its table, with each task's extra lines."""
 import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPECTED = {
+    "captioning": ("0 mle", "0 control", "0 tune", "cider: tune - MLE", "MLE val/cider curve", "no end token"),
+    # two branches from MLE, MLE judged on PSNR, and the gray | MLE | tuned | truth grid
+    "colorization": ("0 tune_fidelity", "mean tune_fidelity", "psnr: tune_fidelity - MLE", "MLE val/psnr curve",
+                     "grid (gray input | MLE | tune | tune_fidelity | truth)"),
+    "panoptic": ("0 tune", "pq: tune - MLE", "pq_stuff: tune - MLE", "maps of 65 tokens: sample"),
+}
 
 
-def test_reward_benchmark_quick_prints_the_table(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reward_benchmark.py"), "captioning",
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_reward_benchmark_quick_prints_the_table(tmp_path, task):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reward_benchmark.py"), task,
                            "--quick", "--seeds", "0", "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    for row in ("0 mle", "0 control", "0 tune", "cider: tuned - MLE", "MLE val/cider curve", "no end token"):
-        assert row in out, row
+    for row in EXPECTED[task]:
+        assert row in proc.stdout, (row, proc.stdout[-3000:])
     assert os.path.exists(tmp_path / "results.json")
+    if task == "colorization":
+        from PIL import Image
+        grid = Image.open(tmp_path / "seed0" / "grid.png")
+        assert grid.size == (5 * 68 * 2, 8 * 68 * 2)  # 8 val images x 5 columns of 64 px + 2 px margins, x2

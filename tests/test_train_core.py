@@ -47,6 +47,23 @@ def test_mle_then_reward_steps_change_parameters_and_loss(tmp_path):
     assert os.path.exists(os.path.join(tuned, "eval", "val", "metrics.json"))
 
 
+def test_monitor_picks_best_checkpoint_by_the_named_metric_and_sign(tmp_path):
+    picked = {}
+    for monitor in ("-eval_index", "eval_index"):
+        run = str(tmp_path / monitor)
+        config = toy(eval_every=2, monitor=monitor)
+        config.task = "toy_task_eval_index"
+        train(config, run)
+        evals = [(r["step"], r["val/eval_index"]) for r in records(run) if "val/eval_index" in r]
+        sign = -1.0 if monitor.startswith("-") else 1.0
+        best_step = max(evals, key=lambda e: (sign * e[1], -e[0]))[0]  # first step reaching the best value
+        picked[monitor] = checkpoint.load(checkpoint.find(run, "best"), optimizer_state=False)["state"]["step"]
+        assert picked[monitor] == best_step, (monitor, evals)
+    assert picked["-eval_index"] == 2 and picked["eval_index"] == 12
+    with pytest.raises(ConfigError, match="train.monitor.*'nope'"):
+        train(toy(monitor="nope"), str(tmp_path / "nope"))
+
+
 @pytest.mark.parametrize("stage", ["mle", "reward"])
 def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, stage):
     extra = dict(stage="reward", num_samples=3, lr=1e-3) if stage == "reward" else {}
