@@ -31,7 +31,7 @@ from rewardtune.train import train  # noqa: E402
 # colorfulness with the fidelity term).
 TUNE_STAGES = {"detection": [("tune_recall", "mle"), ("tune_map", "tune_recall")],
                "colorization": [("tune", "mle"), ("tune_fidelity", "mle")]}
-COLUMNS = {"detection": ("map", "ap50", "ap75", "ar100"), "captioning": ("cider", "bleu4", "rougeL", "mean_length"),
+COLUMNS = {"detection": ("map", "ap50", "ap75", "ar100"), "captioning": ("cider", "bleu4", "rougeL", "mean_length", "distinct_captions"),
            "colorization": ("colorfulness", "psnr", "ssim", "hist_distance"),
            "panoptic": ("pq", "sq", "rq", "pq_things", "pq_stuff")}
 QUICK = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=8",

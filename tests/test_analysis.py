@@ -10,8 +10,7 @@ from PIL import Image
 from rewardtune.analysis import _reward_fns, analyze_run, sample_pool
 from rewardtune.evaluate import load_run, predict_split
 from rewardtune.report.stats import best_of_n_curve, rerank_curve, reward_summary, top_of_subset_weights
-from rewardtune.train import train
-from test_train_core import toy
+from test_train_core import toy, toy_mle_and_tuned
 
 # One image, four samples. Rewards 0..3; the most likely sample (log-prob -1) has reward 0.
 REWARDS = np.array([[0.0, 1.0, 2.0, 3.0]])
@@ -70,12 +69,7 @@ def test_reward_summary_on_a_hand_made_table():
 
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    mle, tuned = str(root / "mle"), str(root / "tuned")
-    train(toy(steps=4, eval_every=4, checkpoint_every=4), mle)
-    train(toy(stage="reward", lr=1e-3, schedule="constant", num_samples=4, steps=2, eval_every=1, log_every=1,
-              checkpoint_every=2), tuned, init_dir=mle)
-    return mle, tuned
+    return toy_mle_and_tuned(tmp_path_factory.mktemp("runs"))
 
 
 def _rows(path):

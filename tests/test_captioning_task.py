@@ -51,10 +51,19 @@ def test_metrics_and_predictions(task, tmp_path):
     outputs, ids = ["a red circle", "two squares", "a star"], [1, 2, 3]
     targets = [{"refs": CAPTIONS[i]} for i in ids]
     metrics = task.metrics(outputs, targets, ids)
-    assert set(metrics) == {"cider", "bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "mean_length"}
+    assert set(metrics) == {"cider", "bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "mean_length",
+                            "distinct_captions", "vocab_used"}
+    assert metrics["distinct_captions"] == 1.0 and metrics["vocab_used"] == 6.0  # a red circle two squares star
     task.write_predictions(outputs, None, ids, str(tmp_path / "eval"))
     written = json.load(open(tmp_path / "eval" / "captions.json"))
     assert written[0] == {"image_id": 1, "caption": "a red circle"}
+
+
+def test_diversity_metrics_count_repeated_captions_and_distinct_words():
+    from rewardtune.tasks.captioning.metrics import caption_metrics
+    m = caption_metrics(["A red circle.", "a red circle", "a star"], [["a red circle"], ["a circle"], ["a star"]])
+    assert m["distinct_captions"] == pytest.approx(2 / 3)  # the PTB tokenizer makes the first two equal
+    assert m["vocab_used"] == 4.0  # a, red, circle, star
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="java is not installed")

@@ -17,8 +17,7 @@ from PIL import Image
 import toy_task
 from rewardtune.analysis import analyze_run
 from rewardtune.report.html import write_report
-from rewardtune.train import train
-from test_train_core import toy
+from test_train_core import toy_mle_and_tuned
 
 EVIL = "<script>alert(1)</script>"
 IMAGES = 3
@@ -38,19 +37,10 @@ def make_task(config, state=None):
     return task
 
 
-def evil(**train_options):
-    config = toy(**train_options)
-    config.task = "test_report"
-    return config
-
-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    mle, tuned = str(root / "mle"), str(root / "tuned")
-    train(evil(steps=4, eval_every=4, checkpoint_every=4), mle)
-    train(evil(stage="reward", lr=1e-3, schedule="constant", num_samples=4, steps=2, eval_every=1, log_every=1,
-               checkpoint_every=2), tuned, init_dir=mle)
+    mle, tuned = toy_mle_and_tuned(root, task="test_report")
     analyze_run(tuned, init_dir=mle, samples=10, images=2, batch_size=10)
     path = write_report([mle, tuned], str(root / "out" / "report.html"), images=IMAGES)
     with open(path, encoding="utf-8") as f:

@@ -23,6 +23,20 @@ def toy(**train):
     return from_dict(raw)
 
 
+def toy_mle_and_tuned(root, task=None):
+    """Train a 4-step MLE toy run and a 2-step reward run from it under `root`: (mle dir, tuned dir)."""
+    def config(**train_options):
+        c = toy(**train_options)
+        if task:
+            c.task = task
+        return c
+    mle, tuned = os.path.join(str(root), "mle"), os.path.join(str(root), "tuned")
+    train(config(steps=4, eval_every=4, checkpoint_every=4), mle)
+    train(config(stage="reward", lr=1e-3, schedule="constant", num_samples=4, steps=2, eval_every=1, log_every=1,
+                 checkpoint_every=2), tuned, init_dir=mle)
+    return mle, tuned
+
+
 def weights(run):
     return torch.load(os.path.join(checkpoint.find(run), "model.pt"), weights_only=True)
 

@@ -68,6 +68,8 @@ def read_coco(annotations: str, image_dir: str) -> list[CaptionRecord]:
     """COCO captions JSON + its image folder -> records in the file's order of 'images'."""
     data = read_json(annotations)
     refs = coco_captions(data, annotations)
+    if not os.path.isdir(image_dir):
+        raise DataError(f"{image_dir}: image folder not found (for {annotations})")
     records = []
     for image in data["images"]:
         name = _field(annotations, image, "file_name", f"image id {image['id']}")

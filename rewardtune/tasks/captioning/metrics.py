@@ -33,6 +33,9 @@ def caption_metrics(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict
     metrics.update({f"bleu{k + 1}": float(b) for k, b in enumerate(bleus)})
     metrics["rougeL"] = float(rouge)
     metrics["mean_length"] = sum(len(c.split()) for c in cands) / len(cands)
+    # diversity: CIDEr tuning is known to collapse captions onto templates; these make it visible
+    metrics["distinct_captions"] = len(set(cands)) / len(cands)
+    metrics["vocab_used"] = float(len({w for c in cands for w in c.split()}))
     return metrics
 
 

@@ -145,11 +145,17 @@ def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
         anns = anns[:limit]
     if not anns:
         raise DataError(f"{ann_path}: the split has no images")
+    for folder, what in ((image_dir, "image folder"), (pngs, "panoptic PNG folder")):
+        if not os.path.isdir(folder):
+            raise DataError(f"{folder}: {what} not found (for {ann_path})")
     paths = []
     for ann in anns:
         if ann["image_id"] not in image_files:
             raise DataError(f"{ann_path}: image_id {ann['image_id']} has no entry in the 'images' list")
-        paths.append(inside(image_dir, image_files[ann["image_id"]]))
+        try:
+            paths.append(inside(image_dir, image_files[ann["image_id"]]))
+        except DataError as e:
+            raise DataError(f"{ann_path}: image {ann['image_id']}: {e}") from None
     size = config.data.image_size
     images, kept = load_images(paths, size, skip_corrupt=config.data.skip_corrupt)
     if not kept:
@@ -157,7 +163,10 @@ def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
     targets, ids = [], []
     for i in kept:
         ann = anns[i]
-        png = inside(pngs, ann["file_name"])
+        try:
+            png = inside(pngs, ann["file_name"])
+        except DataError as e:
+            raise DataError(f"{ann_path}: image {ann['image_id']}: {e}") from None
         full = read_png_ids(png)
         check_segments(full, ann["segments_info"], png, ann_path, category_ids, all_in_png=False)
         segments = _clean_segments(ann["segments_info"], full, isthing)
