@@ -96,6 +96,22 @@ def sample_pool(model: EncoderDecoder, task: Task, split, indices: Sequence[int]
     return SamplePool(list(ids), np.stack(log_probs), stack(rewards), stack(parts), greedy_rewards)
 
 
+def codec_ceiling(task: Task, split, indices: Sequence[int], rewards: Optional[dict] = None) -> dict:
+    """The truth of each image passed through the codec (encode, then decode) and scored: the most any model
+    that writes this codec's tokens can get on these images. {"rewards": {name: mean}, "metrics": {...}}.
+
+    It separates what the output code loses (grid, bins, palette, vocabulary) from what the model loses.
+    Captioning's encode takes the first reference, which is then scored against all references (itself
+    included): an upper bound, not a human baseline.
+    """
+    reward_fns = rewards if rewards is not None else task.rewards
+    _, targets, ids = split.batch(list(indices))
+    outputs = [task.codec.decode(task.codec.encode(t).tolist()) for t in targets]
+    values, _ = score_outputs(reward_fns, outputs, targets)
+    return {"rewards": {name: float(np.mean(v)) for name, v in values.items()},
+            "metrics": {name: float(v) for name, v in task.metrics(outputs, targets, ids).items()}}
+
+
 def summarize_pool(pool: SamplePool) -> dict:
     """{reward: distribution summary + best-of-N and reranked values and full curves}."""
     out = {}
@@ -184,6 +200,7 @@ def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100
                                    batch_size=batch_size, temperature=temperature,
                                    rewards=_reward_fns(model_task, config.train.reward), bar=bar)
     bar.close()
+    ceiling = codec_ceiling(task, split, indices, _reward_fns(task, config.train.reward))
     rewards = list(pools[list(pools)[-1]].rewards)
     primary = config.train.reward if config.train.reward in rewards else rewards[0]
     summary = {"run": os.path.abspath(run_dir), "init": os.path.abspath(init_dir) if init_dir else None,
@@ -191,7 +208,8 @@ def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100
                "temperature": temperature, "primary_reward": primary, "rewards": rewards,
                "primary_metric": task.primary_metric,
                "checkpoints": {label: [os.path.abspath(m[0]), m[1]] for label, m in models.items()},
-               "models": {label: summarize_pool(pool) for label, pool in pools.items()}}
+               "models": {label: summarize_pool(pool) for label, pool in pools.items()},
+               "codec_ceiling": ceiling}
     write_samples(pools, os.path.join(out_dir, "samples.jsonl"))
     plots.analysis_plots(summary, pools, read_metrics_log(run_dir), out_dir)
     summary["time_s"] = round(time.time() - t0, 2)
@@ -209,4 +227,9 @@ def format_summary(summary: dict) -> str:
             rr = " ".join(f"{n}:{v:.3f}" for n, v in s["reranked"].items())
             lines.append(f"{label:>6} {name}: mean {s['mean']:.3f} median {s['median']:.3f} top1% {s['p99']:.3f} "
                          f"greedy {s['greedy']:.3f} | best-of-N {bon} | reranked {rr}")
+    ceiling = summary.get("codec_ceiling")
+    if ceiling:
+        values = {**ceiling["rewards"], **{f"{k} (metric)": v for k, v in ceiling["metrics"].items()}}
+        lines.append("codec ceiling (the truth encoded and decoded): "
+                     + " ".join(f"{k} {v:.3f}" for k, v in values.items()))
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rewardtune.analysis import _reward_fns, analyze_run, sample_pool
+from rewardtune.analysis import _reward_fns, analyze_run, codec_ceiling, sample_pool
 from rewardtune.evaluate import load_run, predict_split
 from rewardtune.report.stats import best_of_n_curve, rerank_curve, reward_summary, top_of_subset_weights
 from test_train_core import toy, toy_mle_and_tuned
@@ -96,6 +96,7 @@ def test_analyze_run_end_to_end_on_the_toy_task(toy_runs, tmp_path):
         assert s["greedy"] == pytest.approx(np.mean([o == t for o, t in zip(outputs, targets)]))
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["models"]["tuned"]["accuracy"]["mean"] == summary["models"]["tuned"]["accuracy"]["mean"]
+    assert summary["codec_ceiling"] == {"rewards": {"accuracy": 1.0}, "metrics": {"accuracy": 1.0}}  # lossless code
     for name in ("distribution_accuracy.png", "best_of_n_accuracy.png", "progression.png"):
         with Image.open(os.path.join(out, name)) as im:
             assert im.size[0] > 300 and im.size[1] > 200
@@ -104,6 +105,23 @@ def test_analyze_run_end_to_end_on_the_toy_task(toy_runs, tmp_path):
     pool = sample_pool(model, task, task.datasets()["val"], range(4), 20, seed=5, batch_size=8)
     mine = np.array([r["log_prob"] for r in rows if r["model"] == "tuned"]).reshape(4, 20)
     np.testing.assert_allclose(pool.log_probs, mine, atol=1e-5)
+
+
+def test_codec_ceiling_scores_the_truth_through_the_codec():
+    import toy_task
+    task = toy_task.make_task(toy())
+    split = task.datasets()["val"]
+    assert codec_ceiling(task, split, range(8)) == {"rewards": {"accuracy": 1.0}, "metrics": {"accuracy": 1.0}}
+
+    class Lossy(toy_task.CountCodec):  # a code that cannot say "3": the ceiling must show the loss
+        def encode(self, target, rng=None):
+            return super().encode(min(target, 2))
+    task.codec = Lossy()
+    targets = split.batch(list(range(16)))[1]
+    expected = float(np.mean([t < 3 for t in targets]))
+    assert 0 < expected < 1
+    got = codec_ceiling(task, split, range(16))
+    assert got["rewards"]["accuracy"] == pytest.approx(expected) and got["metrics"]["accuracy"] == pytest.approx(expected)
 
 
 def test_the_user_reward_a_run_was_tuned_on_is_analysed_with_the_task_rewards():

@@ -111,6 +111,11 @@ def _headline(summary: dict) -> str:
     note = (f"<p class='muted'>{esc(summary.get('samples'))} samples per image (temperature "
             f"{esc(summary.get('temperature', 1.0))}) on {esc(summary.get('images'))} val images; best-of-N and "
             "most-likely-of-N are exact averages over all N-subsets of each image's samples.</p>")
+    ceiling = summary.get("codec_ceiling") or {}
+    if ceiling.get("rewards"):
+        values = {**ceiling["rewards"], **{f"{k} (metric)": v for k, v in ceiling.get("metrics", {}).items()}}
+        cells = ", ".join(f"{esc(k)} {_fmt(v)}" for k, v in values.items())
+        note += f"<p class='muted'>Codec ceiling (the truth encoded and decoded, the most any model can score): {cells}</p>"
     return note + "<table>" + "".join(rows) + "</table>"
 
 

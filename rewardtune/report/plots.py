@@ -73,8 +73,9 @@ def reward_distribution_figure(values: dict, summaries: dict, reward: str) -> Fi
     return fig
 
 
-def best_of_n_figure(curves: dict, reward: str) -> Figure:
-    """Best-of-N (oracle) and likelihood-reranked curves per model on a log N axis; greedy as a line.
+def best_of_n_figure(curves: dict, reward: str, ceiling: Optional[float] = None) -> Figure:
+    """Best-of-N (oracle) and likelihood-reranked curves per model on a log N axis; greedy as a line;
+    `ceiling` (the codec's reconstruction of the truth) as a black line when given.
 
     curves: {label: {"best_of_n_curve": [K], "rerank_curve": [K], "greedy": float}}.
     """
@@ -87,6 +88,8 @@ def best_of_n_figure(curves: dict, reward: str) -> Figure:
         ax.plot(n, c["rerank_curve"], color=col, linestyle="--", label=f"{label}: most likely of N")
         if "greedy" in c:
             ax.axhline(c["greedy"], color=col, linestyle=":", label=f"{label}: greedy")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="black", linewidth=1.2, label="codec ceiling (truth encoded + decoded)")
     ax.set_xscale("log")
     ax.set(xlabel="N samples per image", ylabel=f"mean {reward}", title=f"best-of-N vs likelihood reranking: {reward}")
     ax.grid(alpha=0.3, which="both")
@@ -145,7 +148,9 @@ def analysis_plots(summary: dict, pools: dict, records: Sequence[dict], out_dir:
         name = file_safe(reward)
         paths.append(save_png(reward_distribution_figure(values, per_model, reward),
                               os.path.join(out_dir, f"distribution_{name}.png")))
-        paths.append(save_png(best_of_n_figure(per_model, reward), os.path.join(out_dir, f"best_of_n_{name}.png")))
+        ceiling = summary.get("codec_ceiling", {}).get("rewards", {}).get(reward)
+        paths.append(save_png(best_of_n_figure(per_model, reward, ceiling),
+                              os.path.join(out_dir, f"best_of_n_{name}.png")))
     fig = progression_figure(records, [f"val/{summary['primary_metric']}"], "reward-risk progression")
     if fig is not None:
         paths.append(save_png(fig, os.path.join(out_dir, "progression.png")))
