@@ -105,11 +105,16 @@ def codec_ceiling(task: Task, split, indices: Sequence[int], rewards: Optional[d
     included): an upper bound, not a human baseline.
     """
     reward_fns = rewards if rewards is not None else task.rewards
-    _, targets, ids = split.batch(list(indices))
+    targets, ids = [split.targets[i] for i in indices], [split.ids[i] for i in indices]
     outputs = [task.codec.decode(task.codec.encode(t).tolist()) for t in targets]
     values, _ = score_outputs(reward_fns, outputs, targets)
     return {"rewards": {name: float(np.mean(v)) for name, v in values.items()},
             "metrics": {name: float(v) for name, v in task.metrics(outputs, targets, ids).items()}}
+
+
+def ceiling_values(ceiling: dict) -> dict:
+    """The codec ceiling flattened for display: rewards by name, metrics as "name (metric)"."""
+    return {**ceiling.get("rewards", {}), **{f"{k} (metric)": v for k, v in ceiling.get("metrics", {}).items()}}
 
 
 def summarize_pool(pool: SamplePool) -> dict:
@@ -229,7 +234,6 @@ def format_summary(summary: dict) -> str:
                          f"greedy {s['greedy']:.3f} | best-of-N {bon} | reranked {rr}")
     ceiling = summary.get("codec_ceiling")
     if ceiling:
-        values = {**ceiling["rewards"], **{f"{k} (metric)": v for k, v in ceiling["metrics"].items()}}
         lines.append("codec ceiling (the truth encoded and decoded): "
-                     + " ".join(f"{k} {v:.3f}" for k, v in values.items()))
+                     + " ".join(f"{k} {v:.3f}" for k, v in ceiling_values(ceiling).items()))
     return "\n".join(lines)

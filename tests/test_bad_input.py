@@ -190,22 +190,21 @@ def nan_box(task, root, ctx):
     return [], "bbox"
 
 
-def _escaping(name):
+def _escaping(case_name, name):
     """A case whose first image's file_name escapes the image folder; the line names the JSON and the path."""
     def case(task, root, ctx):
         needs_json(task)  # colorization lists its folder: no file name comes from a data file (module docstring)
         edit_json(ann_path(root, task), set_first("images", "file_name", name))
         return [], (f"{ANNOTATIONS[task]}_train.json", name)
+    case.__name__ = case_name
     return case
 
 
-path_escape = _escaping("../../../../etc/passwd")
-path_escape.__name__ = "path_escape"
-path_escape_absolute = _escaping("/etc/passwd")
-path_escape_absolute.__name__ = "path_escape_absolute"
+path_escape = _escaping("path_escape", "../../../../etc/passwd")
+path_escape_absolute = _escaping("path_escape_absolute", "/etc/passwd")
 
 
-def _emptied(split):
+def _emptied(case_name, split):
     """A case whose `split` has no images: an emptied folder (colorization) or an emptied JSON."""
     def case(task, root, ctx):
         if task == "colorization":
@@ -215,13 +214,12 @@ def _emptied(split):
             return [], os.path.join("images", split)
         edit_json(ann_path(root, task, split), lambda d: {**d, "images": [], "annotations": []})
         return [], f"{ANNOTATIONS[task]}_{split}.json"
+    case.__name__ = case_name
     return case
 
 
-empty_split = _emptied("train")
-empty_split.__name__ = "empty_split"
-empty_val_split = _emptied("val")
-empty_val_split.__name__ = "empty_val_split"
+empty_split = _emptied("empty_split", "train")
+empty_val_split = _emptied("empty_val_split", "val")
 
 
 def unknown_config_key(task, root, ctx):

@@ -38,15 +38,25 @@ def write_json_atomic(obj: Any, path: str) -> None:
     os.replace(tmp, path)
 
 
-def inside(root: str, relative: str, what: str = "file_name") -> str:
-    """Join `relative` to `root`, refusing absolute paths and '..' that escape `root`."""
+def inside(root: str, relative: str, what: str = "file_name", context: str = "") -> str:
+    """Join `relative` to `root`, refusing absolute paths and '..' that escape `root`.
+
+    `context` (e.g. "instances_train.json: image 7") prefixes the error, naming where the name came from.
+    """
+    prefix = f"{context}: " if context else ""
     if not isinstance(relative, str) or not relative:
-        raise DataError(f"{root}: {what} {relative!r} is not a file name")
+        raise DataError(f"{prefix}{root}: {what} {relative!r} is not a file name")
     root_abs = os.path.realpath(root)
     full = os.path.realpath(os.path.join(root_abs, relative))
     if os.path.isabs(relative) or os.path.commonpath([root_abs, full]) != root_abs:
-        raise DataError(f"{relative}: {what} escapes the image folder {root}")
+        raise DataError(f"{prefix}{relative}: {what} escapes the image folder {root}")
     return full
+
+
+def require_folder(folder: str, what: str = "image folder", source: str = "") -> None:
+    """DataError naming `folder` (and `source`, the file that points to it) unless it is a directory."""
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: {what} not found" + (f" (for {source})" if source else ""))
 
 
 def load_rgb(path: str) -> np.ndarray:

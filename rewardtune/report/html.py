@@ -16,7 +16,7 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
-from ..analysis import read_metrics_log
+from ..analysis import ceiling_values, read_metrics_log
 from . import plots
 from .gallery import Gallery, build_gallery
 
@@ -113,8 +113,7 @@ def _headline(summary: dict) -> str:
             "most-likely-of-N are exact averages over all N-subsets of each image's samples.</p>")
     ceiling = summary.get("codec_ceiling") or {}
     if ceiling.get("rewards"):
-        values = {**ceiling["rewards"], **{f"{k} (metric)": v for k, v in ceiling.get("metrics", {}).items()}}
-        cells = ", ".join(f"{esc(k)} {_fmt(v)}" for k, v in values.items())
+        cells = ", ".join(f"{esc(k)} {_fmt(v)}" for k, v in ceiling_values(ceiling).items())
         note += f"<p class='muted'>Codec ceiling (the truth encoded and decoded, the most any model can score): {cells}</p>"
     return note + "<table>" + "".join(rows) + "</table>"
 

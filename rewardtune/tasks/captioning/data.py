@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ...data.dataset import ImageSplit, load_images
-from ...data.files import inside, read_json
+from ...data.files import inside, read_json, require_folder
 from ...errors import ConfigError, DataError
 
 
@@ -68,21 +68,13 @@ def read_coco(annotations: str, image_dir: str) -> list[CaptionRecord]:
     """COCO captions JSON + its image folder -> records in the file's order of 'images'."""
     data = read_json(annotations)
     refs = coco_captions(data, annotations)
-    if not os.path.isdir(image_dir):
-        raise DataError(f"{image_dir}: image folder not found (for {annotations})")
+    require_folder(image_dir, source=annotations)
     records = []
     for image in data["images"]:
         name = _field(annotations, image, "file_name", f"image id {image['id']}")
-        records.append(CaptionRecord(image["id"], _image_path(annotations, image["id"], image_dir, name),
+        records.append(CaptionRecord(image["id"], inside(image_dir, name, context=f"{annotations}: image id {image['id']}"),
                                      refs[image["id"]]))
     return records
-
-
-def _image_path(source: str, image_id: Any, folder: str, relative: Any) -> str:
-    try:
-        return inside(folder, relative)
-    except DataError as e:
-        raise DataError(f"{source}: image id {image_id}: {e}") from None
 
 
 KARPATHY_TRAIN = ("train", "restval")  # the usual Karpathy training set: train + restval
@@ -104,7 +96,7 @@ def read_karpathy(path: str, image_root: str, split: str) -> list[CaptionRecord]
         refs = check_captions(path, image_id, raw)
         name = _field(path, image, "filename", f"image id {image_id}")
         relative = os.path.join(image.get("filepath", ""), name) if isinstance(name, str) else name
-        records.append(CaptionRecord(image_id, _image_path(path, image_id, image_root, relative), refs))
+        records.append(CaptionRecord(image_id, inside(image_root, relative, context=f"{path}: image id {image_id}"), refs))
     return records
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ...data.dataset import ImageSplit, load_images
+from ...data.files import require_folder
 from ...errors import ConfigError, DataError
 from .codec import ColorTarget, render_outputs
 from .color import gray_uint8
@@ -25,8 +26,7 @@ def list_images(folder: str) -> dict[str, str]:
 
     A missing or empty folder, or two files sharing a name (a.png, a.jpg), raise DataError.
     """
-    if not os.path.isdir(folder):
-        raise DataError(f"{folder}: image folder not found")
+    require_folder(folder)
     files: dict[str, str] = {}
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...data.dataset import ImageSplit, load_images
-from ...data.files import inside, read_json
+from ...data.files import inside, read_json, require_folder
 from ...errors import DataError
 
 # Boxes may overshoot the image by this many pixels (rounding in real annotations); they are clipped.
@@ -162,14 +162,8 @@ def load_split(config, which: str, state: dict) -> ImageSplit:
     inst = read_instances(ann_path)
     limit = config.data.max_train_images if which == "train" else config.data.max_val_images
     images = first_images(inst, limit)
-    if not os.path.isdir(image_dir):
-        raise DataError(f"{image_dir}: image folder not found (for {ann_path})")
-    paths = []
-    for image in images:
-        try:
-            paths.append(inside(image_dir, image["file_name"]))
-        except DataError as e:
-            raise DataError(f"{ann_path}: image {image['id']}: {e}") from None
+    require_folder(image_dir, source=ann_path)
+    paths = [inside(image_dir, image["file_name"], context=f"{ann_path}: image {image['id']}") for image in images]
     index = {c["id"]: i for i, c in enumerate(state["categories"])}
     targets = [make_target(im, inst.annotations[im["id"]], index, ann_path) for im in images]
     arrays, kept = load_images(paths, config.data.image_size, config.data.skip_corrupt)

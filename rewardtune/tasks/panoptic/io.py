@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ...data.dataset import ImageSplit, load_images
-from ...data.files import inside, load_rgb, read_json, write_json_atomic
+from ...data.files import inside, load_rgb, read_json, require_folder, write_json_atomic
 from ...errors import DataError
 from .maps import VOID, bbox_of, id_to_rgb, resize_nearest, rgb_to_id
 
@@ -145,17 +145,13 @@ def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
         anns = anns[:limit]
     if not anns:
         raise DataError(f"{ann_path}: the split has no images")
-    for folder, what in ((image_dir, "image folder"), (pngs, "panoptic PNG folder")):
-        if not os.path.isdir(folder):
-            raise DataError(f"{folder}: {what} not found (for {ann_path})")
+    require_folder(image_dir, source=ann_path)
+    require_folder(pngs, "panoptic PNG folder", ann_path)
     paths = []
     for ann in anns:
         if ann["image_id"] not in image_files:
             raise DataError(f"{ann_path}: image_id {ann['image_id']} has no entry in the 'images' list")
-        try:
-            paths.append(inside(image_dir, image_files[ann["image_id"]]))
-        except DataError as e:
-            raise DataError(f"{ann_path}: image {ann['image_id']}: {e}") from None
+        paths.append(inside(image_dir, image_files[ann["image_id"]], context=f"{ann_path}: image {ann['image_id']}"))
     size = config.data.image_size
     images, kept = load_images(paths, size, skip_corrupt=config.data.skip_corrupt)
     if not kept:
@@ -163,10 +159,7 @@ def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
     targets, ids = [], []
     for i in kept:
         ann = anns[i]
-        try:
-            png = inside(pngs, ann["file_name"])
-        except DataError as e:
-            raise DataError(f"{ann_path}: image {ann['image_id']}: {e}") from None
+        png = inside(pngs, ann["file_name"], context=f"{ann_path}: image {ann['image_id']}")
         full = read_png_ids(png)
         check_segments(full, ann["segments_info"], png, ann_path, category_ids, all_in_png=False)
         segments = _clean_segments(ann["segments_info"], full, isthing)

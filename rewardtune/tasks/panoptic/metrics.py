@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...data.files import require_folder
 from ...errors import DataError
 from .io import check_segments, full_gt, read_panoptic_json, read_png_ids
 from .pq import PQStats, average_pq, pq_stats
@@ -88,8 +89,7 @@ def score_files(pred_json: str, pred_dir: str, gt_json: str, gt_dir: str) -> dic
     """
     pairs, categories = _pairs(pred_json, gt_json)
     for folder in (gt_dir, pred_dir):
-        if not os.path.isdir(folder):
-            raise DataError(f"{folder}: PNG folder not found")
+        require_folder(folder, "PNG folder")
     paths = {"pred_json": pred_json, "pred_dir": pred_dir, "gt_json": gt_json, "gt_dir": gt_dir}
     category_ids = {int(c["id"]) for c in categories}
     totals = PQTotals()
