@@ -126,3 +126,12 @@ def test_scores_from_step_log_probs():
     masked = logp.clone()
     masked[5, [codec.wrong_token, codec.right_token]] = -float("inf")
     assert np.isfinite(codec.decode(tokens, masked)["scores"]).all()
+
+
+def test_read_back_reads_wrong_as_right_and_nothing_else_changes():
+    codec = DetectionCodec(C, bins=B)
+    table = codec.read_back()
+    assert table.shape == (codec.vocab_size,) and table[codec.wrong_token] == codec.right_token
+    others = torch.ones(codec.vocab_size, dtype=torch.bool)
+    others[codec.wrong_token] = False
+    assert torch.equal(table[others], torch.arange(codec.vocab_size)[others])

@@ -88,3 +88,31 @@ def test_per_image_generators_make_samples_independent_of_the_batch():
     assert torch.equal(together.tokens[4:8, :T], alone.tokens)
     assert (together.tokens[4:8, T:] == model.end_token).all()
     assert torch.allclose(together.log_probs[4:8], alone.log_probs, atol=1e-5)
+
+
+def test_read_back_table_feeds_the_mapped_token_everywhere():
+    """Token 3 is read back as 4: teacher forcing, cached and uncached sampling all see 4 after a 3,
+    and generation log-probs still equal teacher forcing."""
+    vocab, max_len = 12, 9
+    read_back = torch.arange(vocab)
+    read_back[3] = 4
+    torch.manual_seed(0)
+    model = EncoderDecoder(16, vocab, max_len, vocab - 1, patch_size=4, width=32, encoder_depth=1,
+                           decoder_depth=2, heads=2, read_back=read_back).eval()
+    images = torch.rand(2, 3, 16, 16)
+    with_3 = torch.tensor([[3, 5, 3, 6, 11], [1, 3, 2, 3, 11]])
+    with_4 = torch.where(with_3 == 3, torch.full_like(with_3, 4), with_3)
+    a, b = model.log_probs(images, with_3), model.log_probs(images, with_4)
+    assert torch.allclose(a, b)  # every position conditions on 4, whichever was emitted
+    plain = EncoderDecoder(16, vocab, max_len, vocab - 1, patch_size=4, width=32, encoder_depth=1,
+                           decoder_depth=2, heads=2)
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    assert not torch.allclose(plain.log_probs(images, with_3)[:, 1:], a[:, 1:])  # the table mattered
+    g = torch.Generator().manual_seed(1)
+    s1 = model.generate(images, 6, generator=g)
+    g = torch.Generator().manual_seed(1)
+    s2 = model.generate(images, 6, generator=g, use_cache=False)
+    assert torch.equal(s1.tokens, s2.tokens) and (s1.tokens == 3).any()
+    step_lp = model.log_probs(images, s1.tokens, 6)
+    assert torch.allclose(sequence_log_probs(step_lp, s1.tokens, s1.lengths), s1.log_probs, atol=1e-4)

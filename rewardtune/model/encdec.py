@@ -31,7 +31,7 @@ class EncoderDecoder(nn.Module):
     def __init__(self, image_size: int, vocab_size: int, max_len: int, end_token: int, *,
                  stem: str = "conv", patch_size: int = 8, width: int = 128, encoder_depth: int = 2,
                  decoder_depth: int = 3, heads: int = 4, mlp_ratio: float = 4.0,
-                 grammar: Optional[torch.Tensor] = None):
+                 grammar: Optional[torch.Tensor] = None, read_back: Optional[torch.Tensor] = None):
         super().__init__()
         self.vocab_size, self.max_len, self.end_token = vocab_size, max_len, end_token
         self.encoder = ViTEncoder(image_size, patch_size, width, encoder_depth, heads, mlp_ratio, stem)
@@ -39,12 +39,20 @@ class EncoderDecoder(nn.Module):
         if grammar is not None:
             assert grammar.shape == (max_len, vocab_size), f"grammar {tuple(grammar.shape)}"
         self.register_buffer("grammar", grammar, persistent=False)
+        if read_back is not None:
+            assert read_back.shape == (vocab_size,), f"read_back {tuple(read_back.shape)}"
+        # read_back[v]: the token the decoder reads as input after emitting v (None: v itself)
+        self.register_buffer("read_back", read_back, persistent=False)
         self.apply(_init_weights)
 
     def encode(self, images: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """Images (B, 3, S, S) -> memory (B*N, M, C), each image's row repeated N times."""
         memory = self.encoder(images)
         return memory.repeat_interleave(num_samples, dim=0) if num_samples > 1 else memory
+
+    def _read(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for emitted tokens (the codec's read-back table, if any)."""
+        return tokens if self.read_back is None else self.read_back[tokens]
 
     def _mask(self, logits: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Apply the grammar to logits (..., T, V) for positions start..start+T-1."""
@@ -57,7 +65,7 @@ class EncoderDecoder(nn.Module):
         """Teacher-forced log-softmax: images (B, 3, S, S), tokens (B*N, T) -> (B*N, T, V)."""
         memory = self.encode(images, num_samples)
         bos = torch.full_like(tokens[:, :1], self.vocab_size)
-        logits = self.decoder(torch.cat([bos, tokens[:, :-1]], dim=1), memory)
+        logits = self.decoder(torch.cat([bos, self._read(tokens[:, :-1])], dim=1), memory)
         return torch.log_softmax(self._mask(logits).float(), dim=-1)
 
     forward = log_probs
@@ -89,7 +97,7 @@ class EncoderDecoder(nn.Module):
             if use_cache:
                 logits = self.decoder.step(prev, caches, t)
             else:  # recompute the whole prefix (reference path for tests and benchmarks)
-                inputs = torch.cat([tokens.new_full((BN, 1), self.vocab_size), tokens[:, :t]], dim=1)
+                inputs = torch.cat([tokens.new_full((BN, 1), self.vocab_size), self._read(tokens[:, :t])], dim=1)
                 logits = self.decoder(inputs, memory)[:, -1]
             logp = torch.log_softmax(self._mask(logits[:, None].float(), t)[:, 0], dim=-1)  # (BN, V)
             choice = self._choose(logp, greedy, temperature, top_k, generator)
@@ -102,7 +110,7 @@ class EncoderDecoder(nn.Module):
             newly = ~ended & (choice == self.end_token)
             lengths[newly] = t + 1
             ended |= newly
-            prev = choice
+            prev = self._read(choice)
             if bool(ended.all()):
                 break
         used = int(lengths.max())
@@ -149,4 +157,10 @@ def build_model(model_config, image_size: int, codec) -> EncoderDecoder:
     return EncoderDecoder(image_size, codec.vocab_size, codec.max_len, codec.end_token, stem=m.stem,
                           patch_size=m.patch_size, width=m.width, encoder_depth=m.encoder_depth,
                           decoder_depth=m.decoder_depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
-                          grammar=codec.grammar())
+                          grammar=codec.grammar(), read_back=read_back_table(codec))
+
+
+def read_back_table(codec) -> Optional[torch.Tensor]:
+    """The codec's optional `read_back()`: LongTensor[V], what the decoder reads after each token."""
+    fn = getattr(codec, "read_back", None)
+    return fn() if callable(fn) else None

@@ -34,6 +34,10 @@ class Codec(Protocol):
     def grammar(self) -> Optional[torch.Tensor]:
         """BoolTensor[max_len, V] of tokens allowed at each position, or None (all allowed)."""
 
+    # Optional: `read_back() -> LongTensor[V]`, the token the decoder reads back after emitting each
+    # token (identity where absent). Detection reads every box's conf token as "right": the conf
+    # token is a score, and the boxes after it must not depend on which score was drawn.
+
 
 # A reward: (outputs, targets) -> (FloatTensor[len(outputs)], {part name: FloatTensor[...]}).
 # Pure: no I/O, no globals, no randomness. `targets[i]` is the target of `outputs[i]`.

@@ -9,6 +9,11 @@ Vocabulary (B = bins, C = classes):
 Ground-truth boxes are always encoded with the "right" conf token. The no-object conf token, like
 the end token, ends a sequence (SPEC.md: "an end token (or the empty-box conf token) ends the
 sequence"); the released big_vision code uses it for padding boxes.
+The decoder reads a "wrong" conf token back as "right" (`read_back`): MLE only ever shows it
+"right", and a box's score must not change the boxes that follow. Measured on the detection
+benchmark (seed 0) before this: training the conf tokens alone on samples (lr 1e-4, 200 steps)
+made the sampler draw "wrong", the boxes after it went off-distribution, and greedy val mAP fell
+0.615 -> 0.017 (precision@0.5 0.85 -> 0.06).
 """
 from __future__ import annotations
 
@@ -134,6 +139,12 @@ class DetectionCodec:
             score_iou = 1.0 / (1.0 + np.exp(conf[:, self.wrong_token] - conf[:, self.right_token]))
         return (np.nan_to_num(score_iou, nan=0.0).astype(np.float32),
                 np.nan_to_num(score_prob, nan=0.0).astype(np.float32))
+
+    def read_back(self) -> torch.Tensor:
+        """LongTensor[V]: the token the decoder reads after each token; "wrong" is read as "right"."""
+        table = torch.arange(self.vocab_size)
+        table[self.wrong_token] = self.right_token
+        return table
 
     def grammar(self) -> torch.Tensor:
         """BoolTensor[max_len, V]: bins (or the end token) at p%6 == 0, bins at 1..3, a class at 4,
