@@ -175,6 +175,27 @@ def test_metrics_equal_score_files_on_written_predictions(tmp_path):
         {"image_id": "photo", "category_id": 7, "bbox": [10.0, 15.0, 20.0, 15.0], "score": 1.0}]
 
 
+def test_metrics_rank_the_same_boxes_by_each_score_and_by_an_oracle(tmp_path):
+    """A false positive scored highest by one score and lowest by the other: each map_by_* equals the
+    mAP of the boxes ranked by that score, and the oracle (IoU with the matched truth) ranks it last."""
+    write_dataset(tmp_path)
+    write_dataset(tmp_path, split="val")
+    task = make_task(config(tmp_path))
+    val = task.datasets()["val"]
+    outputs = []
+    for o in predictions(val):
+        k = len(o["classes"])
+        high_last = np.linspace(0.5, 0.9, k).astype(np.float32)  # the appended false positive ranks first
+        outputs.append({**o, "score_prob": high_last, "score_iou": o["scores"]})
+    m = task.metrics(outputs, val.targets, val.ids)
+    alone = {name: task.metrics([{"boxes": o["boxes"], "classes": o["classes"], "scores": o[key]} for o in outputs],
+                                val.targets, val.ids)["map"] for name, key in (("token_prob", "score_prob"),
+                                                                             ("expected_iou", "score_iou"))}
+    assert m["map_by_token_prob"] == pytest.approx(alone["token_prob"], abs=1e-12)
+    assert m["map_by_expected_iou"] == pytest.approx(alone["expected_iou"], abs=1e-12)
+    assert alone["token_prob"] < alone["expected_iou"] <= m["map_by_oracle_iou"]
+    assert "map_by_oracle_iou" not in task.metrics(predictions(val), val.targets, val.ids)  # scores only
+
 def test_task_fields_rewards_and_visualize(tmp_path):
     write_dataset(tmp_path)
     task = make_task(config(tmp_path))

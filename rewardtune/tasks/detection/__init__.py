@@ -28,7 +28,7 @@ from .aux import iou_confidence_loss
 from .codec import BOX_ORDERS, SCORES, DetectionCodec
 from .data import load_split, read_instances, split_paths, task_state
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
-from .rewards import class_weights, detection_stats, map_reward, recall_reward
+from .rewards import class_weights, detection_stats, iou_conf_targets, map_reward, recall_reward
 from .viz import visualize
 
 __all__ = ["DetectionOptions", "DetectionCodec", "make_task", "score_files"]
@@ -96,14 +96,30 @@ class _Splits(Mapping):
 
 
 def _metrics(outputs: Sequence[dict], targets: Sequence[dict], ids: Sequence[Any], categories: list) -> dict:
-    """COCO metrics over exactly these images; the gt is rebuilt from the targets' annotations."""
+    """COCO metrics over exactly these images; the gt is rebuilt from the targets' annotations.
+
+    When the outputs carry both scores (greedy eval does), the same boxes are also ranked by each
+    score alone and by an oracle: map_by_expected_iou, map_by_token_prob, map_by_oracle_iou (the box's
+    IoU with the ground truth it matches at 0.5, else 0: the best any score could do with these
+    boxes). They say whether the learned conf head ranks better than token probability.
+    """
     sizes = [(t["width"], t["height"]) for t in targets]
     first: dict[Any, dict] = {}
     for image_id, target in zip(ids, targets):
         first.setdefault(image_id, target)
     images = [{"id": i, "width": t["width"], "height": t["height"]} for i, t in first.items()]
     gt = eval_ground_truth(images, [a for t in first.values() for a in t["annotations"]], categories)
-    return coco_metrics(gt, to_coco_results(outputs, ids, sizes, categories))
+    metrics = coco_metrics(gt, to_coco_results(outputs, ids, sizes, categories))
+    if outputs and all("score_iou" in o and "score_prob" in o for o in outputs):
+        oracle = iou_conf_targets(outputs, targets)
+        rankings = {"expected_iou": [o["score_iou"] for o in outputs],
+                    "token_prob": [o["score_prob"] for o in outputs],
+                    # ties among unmatched boxes (all 0) broken by token probability
+                    "oracle_iou": [c + 1e-3 * np.asarray(o["score_prob"]) for o, c in zip(outputs, oracle)]}
+        for name, scores in rankings.items():
+            ranked = [{**o, "scores": s} for o, s in zip(outputs, scores)]
+            metrics[f"map_by_{name}"] = coco_metrics(gt, to_coco_results(ranked, ids, sizes, categories))["map"]
+    return metrics
 
 
 def _write_predictions(outputs: Sequence[dict], targets: Sequence[dict], ids: Sequence[Any], out_dir: str,
