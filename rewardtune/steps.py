@@ -74,7 +74,7 @@ def mle_step(ctx: StepContext, images: torch.Tensor, targets: list,
                                     codec.end_token)
     tokens, lengths = tokens.to(images.device), lengths.to(images.device)
     step_lp = ctx.model(images, tokens)
-    loss = mle_loss(step_lp, tokens, lengths)
+    loss = (ctx.task.mle_loss or mle_loss)(step_lp, tokens, lengths)
     loss = loss * global_token_weight(ctx, lengths.sum())  # exactly 1 in one process
     return loss, {"loss": loss.item(), "target_length": float(lengths.float().mean())}
 

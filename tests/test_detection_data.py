@@ -226,3 +226,7 @@ def test_options_and_score_mode(tmp_path):
     assert tuned.codec.score == "expected_iou" and tuned.aux_loss is not None
     off = make_task(Config(train=TrainConfig(stage="reward"), task_options={"aux_weight": 0}), state)
     assert off.codec.score == "token_prob" and off.aux_loss is None
+    assert make_task(Config(), state).mle_loss is None  # the paper's MLE targets by default
+    assert make_task(Config(task_options={"mle_conf": "self_iou"}), state).mle_loss is not None
+    with pytest.raises(ConfigError, match="task_options.mle_conf"):
+        make_task(Config(task_options={"mle_conf": "iou"}), state)

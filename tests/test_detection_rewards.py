@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from rewardtune.tasks.detection.aux import iou_confidence_loss
+from rewardtune.losses import mle_loss
+from rewardtune.tasks.detection.aux import iou_confidence_loss, self_iou_mle_loss
 from rewardtune.tasks.detection.codec import DetectionCodec
 from rewardtune.tasks.detection.rewards import (class_weights, detection_stats, iou_conf_targets,
                                                 map_reward, recall_reward)
@@ -174,3 +175,33 @@ def test_iou_confidence_loss_without_boxes_and_with_masked_tokens():
                                codec.no_object_token)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(masked.grad).all()
+
+
+def test_self_iou_mle_loss_targets_the_models_own_box_iou():
+    """Box [0, 0, 8, 8] of class 0 (bins of 16). Where the model's argmax box is the truth, the loss is the
+    plain NLL; where its ymax guess is 4 (IoU 0.5) the conf target is (0, 0.5, 0.5); a wrong class: (0, 1, 0)."""
+    codec = DetectionCodec(2, bins=16)
+    tokens = torch.tensor([[0, 0, 8, 8, 16, codec.right_token, codec.end_token]])
+    lengths = torch.tensor([7])
+
+    def loss_with(ymax_guess, class_guess):
+        logits = torch.zeros(1, 7, codec.vocab_size)
+        for t, tok in enumerate([0, 0, ymax_guess, 8, class_guess]):
+            logits[0, t, tok] = 5.0
+        logits[0, 5, codec.wrong_token], logits[0, 5, codec.right_token] = 1.0, 2.0
+        logits.requires_grad_(True)
+        lp = torch.log_softmax(logits, -1)
+        return lp, logits, self_iou_mle_loss(lp, tokens, lengths, codec)
+
+    lp, logits, exact = loss_with(8, 16)
+    assert exact.item() == pytest.approx(mle_loss(lp, tokens, lengths).item(), rel=1e-6)
+    lp, logits, half = loss_with(4, 16)
+    conf = lp[0, 5]
+    other = -(lp[0, [0, 1, 2, 3, 4, 6], [0, 0, 8, 8, 16, codec.end_token]]).sum()
+    expected = (other - 0.5 * conf[codec.wrong_token] - 0.5 * conf[codec.right_token]) / 7
+    assert half.item() == pytest.approx(expected.item(), rel=1e-6)
+    half.backward()
+    assert logits.grad[0, 5, codec.wrong_token] < 0  # "wrong" is pushed up at the conf position
+    lp, _, wrong_class = loss_with(8, 17)
+    expected = (-(lp[0, [0, 1, 2, 3, 4, 6], [0, 0, 8, 8, 16, codec.end_token]]).sum() - lp[0, 5, codec.wrong_token]) / 7
+    assert wrong_class.item() == pytest.approx(expected.item(), rel=1e-6)

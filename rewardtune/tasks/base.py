@@ -73,6 +73,9 @@ class Task:
     write_predictions: Callable[[Sequence[Any], Sequence[Any], Sequence[Any], str], None]
     visualize: Callable[[np.ndarray, Any, Any], np.ndarray]  # (HxWx3 uint8, output, target) -> HxWx3 uint8
     aux_loss: Optional[AuxLossFn] = None
+    # Optional replacement of the MLE stage's token NLL: (step_log_probs FloatTensor[B, T, V] with grad,
+    # tokens LongTensor[B, T], lengths LongTensor[B]) -> scalar. Detection's self-IoU conf targets.
+    mle_loss: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
     # RGB uint8 HxWx3 (already resized) -> what the model sees (colorization: the gray image). Datasets
     # apply it themselves; `predict` applies it to the user's own images.
     preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None

@@ -24,7 +24,7 @@ from ...config import task_options
 from ...data.files import write_json_atomic
 from ...errors import ConfigError, DataError
 from ..base import Task
-from .aux import iou_confidence_loss
+from .aux import iou_confidence_loss, self_iou_mle_loss
 from .codec import BOX_ORDERS, SCORES, DetectionCodec
 from .data import load_split, read_instances, split_paths, task_state
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
@@ -42,6 +42,8 @@ class DetectionOptions:
     score: str = "auto"  # "auto" | "expected_iou" | "token_prob" (see resolve_score)
     dup_penalty: float = 0.3  # weight of duplicates in the "map" reward
     aux_weight: float = 0.3  # weight of the IoU-confidence loss (0 = off)
+    # MLE target of the conf token: "right" (always; the paper's targets) or "self_iou" (aux.self_iou_mle_loss)
+    mle_conf: str = "right"
 
 
 def detection_options(config) -> DetectionOptions:
@@ -51,7 +53,8 @@ def detection_options(config) -> DetectionOptions:
               ("box_order", opts.box_order in BOX_ORDERS, f"must be one of {', '.join(BOX_ORDERS)}"),
               ("score", opts.score in ("auto",) + SCORES, f"must be one of auto, {', '.join(SCORES)}"),
               ("dup_penalty", opts.dup_penalty >= 0, "must be >= 0"),
-              ("aux_weight", opts.aux_weight >= 0, "must be >= 0")]
+              ("aux_weight", opts.aux_weight >= 0, "must be >= 0"),
+              ("mle_conf", opts.mle_conf in ("right", "self_iou"), "must be one of right, self_iou")]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
@@ -159,6 +162,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         write_predictions=partial(_write_predictions, categories=categories),
         visualize=partial(visualize, names=[c["name"] for c in categories]),
         aux_loss=aux,
+        mle_loss=partial(self_iou_mle_loss, codec=codec) if opts.mle_conf == "self_iou" else None,
         target_for_image=target_for_image,
         sample_stats=detection_stats,
         state=state,
