@@ -61,9 +61,7 @@ def self_iou_mle_loss(step_log_probs: torch.Tensor, tokens: torch.Tensor, length
         with torch.no_grad():
             guess = step_log_probs[b[:, None], p[:, None] - 5 + torch.arange(5, device=tokens.device)].argmax(-1)
             truth = tokens[b[:, None], p[:, None] - 5 + torch.arange(5, device=tokens.device)]
-            pred, true = (codec.dequantize(x[:, :4].cpu().numpy()) for x in (guess, truth))
-            pred = np.concatenate([np.minimum(pred[:, :2], pred[:, 2:]), np.maximum(pred[:, :2], pred[:, 2:])], 1)
-            true = np.concatenate([np.minimum(true[:, :2], true[:, 2:]), np.maximum(true[:, :2], true[:, 2:])], 1)
+            pred, true = (codec.boxes_from_bins(x[:, :4].cpu().numpy()) for x in (guess, truth))
             iou = pairwise_iou(pred[:, None], true[:, None])[:, 0, 0] * (guess[:, 4] == truth[:, 4]).cpu().numpy()
             iou = torch.as_tensor(iou, dtype=step_log_probs.dtype, device=step_log_probs.device)
         lp = step_log_probs[b, p]
