@@ -11,10 +11,12 @@ import argparse
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from rewardtune.losses import mle_loss
+from rewardtune.config import TrainConfig
 from rewardtune.model.encdec import EncoderDecoder
+from rewardtune.train import make_optimizer
 
 MODELS = {  # name: (image size, model kwargs, vocab, target tokens, batch)
     "reference 4.6M (MEASURED.md)": (64, dict(stem="patch", patch_size=8, width=192, encoder_depth=4,
@@ -34,6 +36,25 @@ def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
+# FlopCounterMode has no formula for the CPU flash-attention kernels (it counts 0 FLOPs for them):
+# (the counter passes shapes) count them as model FLOPs: QK^T and AV in full (causal or not), backward
+# twice forward (not counting the kernel's recomputation of QK^T, as MFU does not).
+ATEN = torch.ops.aten
+CPU_ATTENTION_FLOPS = {
+    ATEN._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, **kwargs: sdpa_flop_count(q, k, v),
+    ATEN._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, q, k, v, *args, **kwargs: 2 * sdpa_flop_count(q, k, v),
+}
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of fn: matmuls, convolutions and attention, forward and backward."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -46,7 +67,7 @@ def median_time(fn, repeats: int) -> float:
 def mle_step_mfu(size, kwargs, vocab, T, batch, rate, repeats):
     torch.manual_seed(0)
     model = EncoderDecoder(size, vocab, T, vocab - 1, **kwargs).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, TrainConfig(lr=1e-4))[0]  # the optimizer training uses
     images = torch.rand(batch, 3, size, size)
     tokens = torch.randint(0, vocab - 1, (batch, T))
     lengths = torch.full((batch,), T)
@@ -57,9 +78,7 @@ def mle_step_mfu(size, kwargs, vocab, T, batch, rate, repeats):
         opt.step()
 
     step()
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
+    flops = count_flops(step)
     seconds = median_time(step, repeats)
     return sum(p.numel() for p in model.parameters()), seconds, flops / seconds / rate
 

@@ -27,3 +27,20 @@ def test_reward_benchmark_quick_prints_the_table(tmp_path, task):
         from PIL import Image
         grid = Image.open(tmp_path / "seed0" / "grid.png")
         assert grid.size == (5 * 68 * 2, 8 * 68 * 2)  # 8 val images x 5 columns of 64 px + 2 px margins, x2
+
+
+def test_speed_benchmark_counts_attention_flops():
+    """MFU's numerator: the CPU attention kernels count as the matmuls of plain attention (the stock
+    FlopCounterMode counts them as 0), backward twice forward."""
+    import torch
+    import torch.nn.functional as F
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import speed
+    B, H, T, S, D = 2, 3, 5, 7, 4
+    q = torch.randn(B, H, T, D, requires_grad=True)
+    k, v = torch.randn(B, H, S, D, requires_grad=True), torch.randn(B, H, S, D, requires_grad=True)
+    forward = 2 * (2 * B * H * T * S * D)  # QK^T and AV
+    assert speed.count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == forward
+    assert speed.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 3 * forward
+    x, w = torch.randn(6, 8), torch.randn(8, 9)
+    assert speed.count_flops(lambda: x @ w) == 2 * 6 * 8 * 9

@@ -98,6 +98,7 @@ def test_grammar_shape_and_sampled_sequences_decode():
     assert g[-1].nonzero().flatten().tolist() == [codec.end_token]
     assert g[0, codec.end_token] and not g[1, codec.end_token] and not g[5, codec.end_token]
     assert g[4, B:B + C].all() and not g[4, :B].any() and g[5, codec.wrong_token] and not g[5, B].any()
+    assert g[5, codec.right_token] and not g[5, codec.no_object_token]  # the end token ends sequences
     rng = np.random.default_rng(0)
     for _ in range(200):
         tokens = []

@@ -151,13 +151,17 @@ class DetectionCodec:
 
     def grammar(self) -> torch.Tensor:
         """BoolTensor[max_len, V]: bins (or the end token) at p%6 == 0, bins at 1..3, a class at 4,
-        a conf token at 5 (no-object included: it ends the sequence); the last position: end only."""
+        "wrong" or "right" at 5; the last position: end only.
+
+        No-object is not allowed at 5: the end token already ends a sequence, MLE never shows
+        no-object, and once the IoU-confidence loss moves conf mass it drew no-object in 13 % of
+        the samples (crowded world, recall stage), cutting them short. `decode` still reads it."""
         g = torch.zeros(self.max_len, self.vocab_size, dtype=torch.bool)
         slot = torch.arange(self.max_len) % 6
         g[slot < 4, : self.bins] = True
         g[slot == 0, self.end_token] = True
         g[slot == 4, self.class_token:self.no_object_token] = True
-        g[slot == 5, self.no_object_token:self.end_token] = True
+        g[slot == 5, self.wrong_token:self.end_token] = True
         g[-1] = False
         g[-1, self.end_token] = True
         return g
