@@ -15,25 +15,42 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from rewardtune.losses import mle_loss
 from rewardtune.config import TrainConfig
+from rewardtune.data.shapes import KINDS
 from rewardtune.model.encdec import EncoderDecoder
+from rewardtune.recipes import recipe_dict
+from rewardtune.tasks.detection.codec import DetectionCodec
 from rewardtune.train import make_optimizer
+
+
+def _detection_benchmark() -> tuple:
+    """The detection benchmark's MLE step, read from its recipe: model, batch, and the codec's
+    vocabulary and sequence length for the shapes world's classes."""
+    recipe = recipe_dict("detection_bench_mle")
+    opts = recipe["task_options"]
+    codec = DetectionCodec(len(KINDS), opts["bins"], opts["max_boxes"])
+    return recipe["data"]["image_size"], recipe["model"], codec.vocab_size, codec.max_len, recipe["train"]["batch_size"]
+
 
 MODELS = {  # name: (image size, model kwargs, vocab, target tokens, batch)
     "reference 4.6M (MEASURED.md)": (64, dict(stem="patch", patch_size=8, width=192, encoder_depth=4,
                                               decoder_depth=4, heads=4), 1000, 100, 32),
-    "detection benchmark": (64, dict(stem="conv", patch_size=8, width=128, encoder_depth=2, decoder_depth=3,
-                                     heads=4), 110, 73, 64),
+    "detection benchmark": _detection_benchmark(),
 }
 
 
-def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
+def matmul_rate(n: int = 1024, repeats: int = 10, rounds: int = 5) -> float:
+    """This machine's fp32 matmul rate (FLOP/s): the best of `rounds` timings of `repeats` n x n matmuls
+    (the best, not the mean: it is a peak, and it moves with clock speed and other load)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         a @ b
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 * repeats / best
 
 
 # FlopCounterMode has no formula for the CPU flash-attention kernels (it counts 0 FLOPs for them):
