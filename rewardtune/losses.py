@@ -9,11 +9,15 @@ def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None] < lengths[:, None]
 
 
+def mean_valid_nll(chosen: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """-mean of per-token log-likelihoods (B, T) over the valid positions of each sequence -> scalar."""
+    mask = valid_mask(lengths, chosen.shape[1]).float()
+    return -(chosen * mask).sum() / mask.sum().clamp(min=1)
+
+
 def mle_loss(step_log_probs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean token negative log-likelihood: (B, T, V), (B, T), (B,) -> scalar."""
-    chosen = step_log_probs.gather(-1, targets[..., None])[..., 0]  # (B, T)
-    mask = valid_mask(lengths, targets.shape[1]).float()
-    return -(chosen * mask).sum() / mask.sum().clamp(min=1)
+    return mean_valid_nll(step_log_probs.gather(-1, targets[..., None])[..., 0], lengths)
 
 
 def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:
