@@ -53,9 +53,9 @@ def matmul_rate(n: int = 1024, repeats: int = 10, rounds: int = 5) -> float:
     return 2 * n ** 3 * repeats / best
 
 
-# FlopCounterMode has no formula for the CPU flash-attention kernels (it counts 0 FLOPs for them):
-# (the counter passes shapes) count them as model FLOPs: QK^T and AV in full (causal or not), backward
-# twice forward (not counting the kernel's recomputation of QK^T, as MFU does not).
+# FlopCounterMode has no formula for the CPU flash-attention kernels (it counts 0 FLOPs for them), so
+# they are counted here as plain attention's model FLOPs: QK^T and AV in full (causal or not), backward
+# twice forward (the kernel's recomputation of QK^T not counted, as MFU does not count it).
 ATEN = torch.ops.aten
 CPU_ATTENTION_FLOPS = {
     ATEN._scaled_dot_product_flash_attention_for_cpu:
