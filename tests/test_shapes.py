@@ -123,11 +123,27 @@ def test_panoptic_segments_cover_the_png_exactly(crowded):
 
 
 def test_object_counts_respect_each_level():
-    for name, size in [("easy", 64), ("medium", 64), ("crowded", 64), ("dense", 96)]:
+    for name, size in [("easy", 64), ("medium", 64), ("crowded", 64), ("dense", 96), ("faint", 64)]:
         level = LEVELS[name]
         counts = [len(make_scene(np.random.default_rng([0, 0, i]), level, size)["things"]) for i in range(25)]
         assert level.min_objects <= min(counts) and max(counts) <= level.max_objects, name
         assert max(counts) > min(counts), name  # the count varies
+
+
+def test_faint_shapes_are_blended_into_the_background():
+    """faint=1 at opacity 0.2 on a flat background: every shape pixel lies 80 % of the way from its solid
+    colour to the background; faint=0 (every other level) paints the solid colour."""
+    flat = WorldLevel(1, 1, 16, 16, num_regions=1, texture=0.0)
+    for faint, share in [(1.0, 0.2), (0.0, 1.0)]:
+        level = dataclasses.replace(flat, faint=faint, faint_min=0.2, faint_max=0.2)
+        for i in range(5):
+            scene = make_scene(np.random.default_rng([3, 0, i]), level, 64)
+            image, segments = scene["image"].astype(float), scene["segments"]
+            background = image[segments > 1000].mean(0)
+            colour = np.array(COLOURS[scene["things"][0]["colour"]], float)
+            shape = image[segments == 1].mean(0)
+            expected = background + share * (colour - background)  # up to the +-12 jitter and no shading
+            assert np.abs(shape - expected).max() < 14, (faint, shape, expected)
 
 
 def test_occlusion_never_hides_more_than_max_overlap():
