@@ -275,6 +275,9 @@ class _Loop:
         is_best = stop = False
         if self.d.main:
             n = len(self.val_split) if not self.cfg.eval_images else min(self.cfg.eval_images, len(self.val_split))
+            if self.task.calibrate is not None:  # e.g. detection's learned score, refitted on train images
+                fitted = self.task.calibrate(self.model, self.train_split, self.cfg.seed + done)
+                self.log.write({"step": done, **{f"calibrate/{k}": float(v) for k, v in fitted.items()}})
             outputs, targets, ids = predict_split(self.model, self.task, self.val_split, range(n))
             metrics = self.task.metrics(outputs, targets, ids)
             self.log.write({"step": done, **{f"val/{k}": float(v) for k, v in metrics.items()}})

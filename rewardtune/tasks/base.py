@@ -84,5 +84,10 @@ class Task:
     target_for_image: Optional[Callable[[np.ndarray], Any]] = None
     # Per-sample numbers logged during tuning, e.g. boxes per image: (outputs, targets) -> {name: float}
     sample_stats: Optional[Callable[[Sequence[Any], Sequence[Any]], "dict[str, float]"]] = None
+    # Optional refit of what the task learns from the model's own outputs (detection's learned box score):
+    # (model, train split, seed) -> logs of floats. The loop calls it before every validation (main
+    # process only); it updates `state`, so the checkpoint saved after carries it. Must not draw from
+    # the global RNGs (resume stays exact).
+    calibrate: Optional[Callable[[Any, Sequence[Example], int], "dict[str, float]"]] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints
     primary_metric: str = "score"  # the validation metric that picks the best checkpoint

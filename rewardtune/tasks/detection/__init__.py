@@ -3,6 +3,7 @@
     codec.py    DetectionCodec: boxes <-> [ymin, xmin, ymax, xmax, class, conf] tokens
     rewards.py  class-weighted matching reward ("map"), recall reward, matching helpers
     aux.py      the IoU-confidence loss on sampled boxes
+    score_head.py  the learned box score (task_options.score = "learned"), fitted on the model's own boxes
     metrics.py  pycocotools COCOeval metrics; COCO results files
     data.py     COCO instances loader with validation
     viz.py      boxes drawn on an image
@@ -29,6 +30,7 @@ from .codec import BOX_ORDERS, SCORES, DetectionCodec
 from .data import load_split, read_instances, split_paths, task_state
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
 from .rewards import class_weights, detection_stats, iou_conf_targets, map_reward, recall_reward
+from .score_head import calibrate, spearman
 from .viz import visualize
 
 __all__ = ["DetectionOptions", "DetectionCodec", "make_task", "score_files"]
@@ -39,7 +41,11 @@ class DetectionOptions:
     bins: int = 64  # coordinate bins (the paper: 1000 on 640 px images)
     max_boxes: int = 12
     box_order: str = "random"  # "random" (the paper) | "canonical" (ymin, then xmin)
-    score: str = "auto"  # "auto" | "expected_iou" | "token_prob" (see resolve_score)
+    score: str = "auto"  # "auto" | "expected_iou" | "token_prob" | "learned" (see resolve_score, score_head.py)
+    # the learned score is refitted before every validation on the greedy output and this many samples
+    # of the first calibrate_images training images
+    calibrate_images: int = 256
+    calibrate_samples: int = 2
     dup_penalty: float = 0.3  # weight of duplicates in the "map" reward
     aux_weight: float = 0.3  # weight of the IoU-confidence loss (0 = off)
     # MLE target of the conf token: "right" (always; the paper's targets) or "self_iou" (aux.self_iou_mle_loss)
@@ -54,7 +60,9 @@ def detection_options(config) -> DetectionOptions:
               ("score", opts.score in ("auto",) + SCORES, f"must be one of auto, {', '.join(SCORES)}"),
               ("dup_penalty", opts.dup_penalty >= 0, "must be >= 0"),
               ("aux_weight", opts.aux_weight >= 0, "must be >= 0"),
-              ("mle_conf", opts.mle_conf in ("right", "self_iou"), "must be one of right, self_iou")]
+              ("mle_conf", opts.mle_conf in ("right", "self_iou"), "must be one of right, self_iou"),
+              ("calibrate_images", opts.calibrate_images >= 1, "must be >= 1"),
+              ("calibrate_samples", opts.calibrate_samples >= 0, "must be >= 0")]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
@@ -104,7 +112,9 @@ def _metrics(outputs: Sequence[dict], targets: Sequence[dict], ids: Sequence[Any
     When the outputs carry both scores (greedy eval does), the same boxes are also ranked by each
     score alone and by an oracle: map_by_expected_iou, map_by_token_prob, map_by_oracle_iou (the box's
     IoU with the ground truth it matches at 0.5, else 0: the best any score could do with these
-    boxes). They say whether the learned conf head ranks better than token probability.
+    boxes). They say whether the learned conf head ranks better than token probability. With the
+    learned score's features present, map_by_learned too; and spearman_<score>: the rank correlation
+    of each score with that oracle IoU over all boxes.
     """
     sizes = [(t["width"], t["height"]) for t in targets]
     first: dict[Any, dict] = {}
@@ -116,9 +126,16 @@ def _metrics(outputs: Sequence[dict], targets: Sequence[dict], ids: Sequence[Any
     if outputs and all("score_iou" in o and "score_prob" in o for o in outputs):
         oracle = iou_conf_targets(outputs, targets)
         rankings = {"expected_iou": [o["score_iou"] for o in outputs],
-                    "token_prob": [o["score_prob"] for o in outputs],
-                    # ties among unmatched boxes (all 0) broken by token probability
-                    "oracle_iou": [c + 1e-3 * np.asarray(o["score_prob"]) for o, c in zip(outputs, oracle)]}
+                    "token_prob": [o["score_prob"] for o in outputs]}
+        if all("score_learned" in o for o in outputs):
+            rankings["learned"] = [o["score_learned"] for o in outputs]
+        truth = np.concatenate(oracle) if oracle else np.zeros(0)
+        for name, scores in rankings.items():
+            rho = spearman(np.concatenate(scores), truth) if len(truth) else float("nan")
+            if np.isfinite(rho):  # undefined (left out) when every box has the same truth or score
+                metrics[f"spearman_{name}"] = rho
+        # ties among unmatched boxes (all 0) broken by token probability
+        rankings["oracle_iou"] = [c + 1e-3 * np.asarray(o["score_prob"]) for o, c in zip(outputs, oracle)]
         for name, scores in rankings.items():
             if all(np.array_equal(o["scores"], s) for o, s in zip(outputs, scores)):  # the score used above
                 metrics[f"map_by_{name}"] = metrics["map"]
@@ -141,6 +158,12 @@ def target_for_image(image: np.ndarray) -> dict:
             "width": int(image.shape[1]), "height": int(image.shape[0]), "annotations": []}
 
 
+def _calibrate(model, split, seed: int, codec, state: dict, opts: DetectionOptions) -> dict:
+    """Refit the learned score on the model's own boxes of training images (score_head.calibrate)."""
+    return calibrate(model, split, codec, state, iou_conf_targets, images=opts.calibrate_images,
+                     samples=opts.calibrate_samples, seed=seed)
+
+
 def make_task(config, state: Optional[dict] = None) -> Task:
     """The detection Task; `state` from a checkpoint, or built from the train annotations."""
     opts = detection_options(config)
@@ -149,7 +172,8 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         state = task_state(read_instances(train_file), config.data.max_train_images)
     state = _check_state(state)
     categories = state["categories"]
-    codec = DetectionCodec(len(categories), opts.bins, opts.max_boxes, opts.box_order, resolve_score(opts, config))
+    codec = DetectionCodec(len(categories), opts.bins, opts.max_boxes, opts.box_order, resolve_score(opts, config),
+                           score_head=state.get("score_head"))
     weights = class_weights(state["class_counts"])
     splits = _Splits(config, state)
     aux = None
@@ -166,6 +190,8 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         visualize=partial(visualize, names=[c["name"] for c in categories]),
         aux_loss=aux,
         mle_loss=partial(self_iou_mle_loss, codec=codec) if opts.mle_conf == "self_iou" else None,
+        calibrate=(partial(_calibrate, codec=codec, state=state, opts=opts)
+                   if codec.score == "learned" else None),
         target_for_image=target_for_image,
         sample_stats=detection_stats,
         state=state,

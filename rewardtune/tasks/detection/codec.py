@@ -21,15 +21,17 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .score_head import box_features, learned_scores
+
 BOX_ORDERS = ("random", "canonical")
-SCORES = ("expected_iou", "token_prob")
+SCORES = ("expected_iou", "token_prob", "learned")
 
 
 class DetectionCodec:
     """Encodes detection targets as token sequences and decodes any token sequence into boxes."""
 
     def __init__(self, num_classes: int, bins: int = 64, max_boxes: int = 12, box_order: str = "random",
-                 score: str = "token_prob"):
+                 score: str = "token_prob", score_head: Optional[dict] = None):
         if num_classes < 1 or bins < 2 or max_boxes < 1:
             raise ValueError(f"DetectionCodec: need num_classes >= 1, bins >= 2, max_boxes >= 1, got "
                              f"{num_classes}, {bins}, {max_boxes}")
@@ -38,6 +40,7 @@ class DetectionCodec:
                              f"{BOX_ORDERS} / {SCORES}")
         self.num_classes, self.bins, self.max_boxes = num_classes, bins, max_boxes
         self.box_order, self.score = box_order, score
+        self.score_head = score_head  # the fitted learned score (score_head.py), None until calibrated
         self.class_token = bins  # first class token
         self.no_object_token = bins + num_classes
         self.wrong_token = bins + num_classes + 1
@@ -101,11 +104,13 @@ class DetectionCodec:
 
     def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> dict:
         """Any token sequence -> {"boxes" [k, 4], "classes", "scores", "score_iou", "score_prob",
-        "conf_pos"}; reading stops at the end token, a no-object conf or the first malformed group.
+        "conf_pos"}, and with `step_log_probs` also "features" [k, F] and "score_learned"; reading stops
+        at the end token, a no-object conf or the first malformed group.
 
         `step_log_probs`: FloatTensor[T, V], row t the distribution token t was drawn from. Scores:
         expected IoU = p(right) / (p(wrong) + p(right)) at the conf token; token probability =
-        exp(mean log-prob of the 5 coordinate/class tokens); both 1 without `step_log_probs`.
+        exp(mean log-prob of the 5 coordinate/class tokens); both 1 without `step_log_probs`; the
+        learned score (score_head.py) of the fitted head, token probability until one is fitted.
         `scores` holds the one named by the codec's `score`.
         """
         if isinstance(tokens, torch.Tensor):
@@ -116,7 +121,7 @@ class DetectionCodec:
         groups = toks[starts[:, None] + np.arange(6)] if len(starts) else np.zeros((0, 6), np.int64)
         boxes = self.boxes_from_bins(groups[:, :4])
         score_iou, score_prob = self._scores(groups, starts, step_log_probs)
-        return {
+        out = {
             "boxes": boxes.reshape(-1, 4),  # (k, 4) ymin, xmin, ymax, xmax in [0, 1]
             "classes": (groups[:, 4] - self.class_token).astype(np.int64),
             "scores": score_iou if self.score == "expected_iou" else score_prob,
@@ -124,6 +129,12 @@ class DetectionCodec:
             "score_prob": score_prob,
             "conf_pos": (starts + 5).astype(np.int64),
         }
+        if step_log_probs is not None:
+            out["features"] = box_features(self, groups, starts, step_log_probs.detach().float().cpu())
+            out["score_learned"] = learned_scores(self.score_head, out["features"], score_prob)
+            if self.score == "learned":
+                out["scores"] = out["score_learned"]
+        return out
 
     def _scores(self, groups: np.ndarray, starts: np.ndarray,
                 step_log_probs: Optional[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
