@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/rewardtune demo detection --out demo_run
+	$(VENV)/bin/rewardtune demo captioning --out demo_run
 
 test: setup
 	$(PY) -m pytest -q -x --durations=15

@@ -190,8 +190,9 @@ def configs_section(run_dirs: Sequence[str], labels: Sequence[str]) -> str:
     return "".join(parts)
 
 
-def write_report(run_dirs: Sequence[str], out_path: str, images: int = 8) -> str:
-    """Write the report of `run_dirs` (e.g. [MLE_RUN, TUNED_RUN]) to `out_path`; returns the path."""
+def write_report(run_dirs: Sequence[str], out_path: str, images: int = 8, note: str = "") -> str:
+    """Write the report of `run_dirs` (e.g. [MLE_RUN, TUNED_RUN]) to `out_path`; returns the path.
+    `note`: a paragraph shown under the title (the demos say there what they show and why)."""
     run_dirs = list(run_dirs)
     labels = run_labels(run_dirs)
     configs = [_read_json(os.path.join(r, "config.json")) or {} for r in run_dirs]
@@ -204,6 +205,7 @@ def write_report(run_dirs: Sequence[str], out_path: str, images: int = 8) -> str
 <style>{STYLE}</style></head><body>
 <h1>rewardtune report</h1>
 <p class="muted">task {esc(', '.join(tasks))} &middot; runs {esc(', '.join(labels))} &middot; written {esc(now)}</p>
+{f'<p class="note">{esc(note)}</p>' if note else ""}
 <p><a href="#metrics">metrics</a> &middot; <a href="#analysis">analysis</a> &middot;
 <a href="#gallery">gallery</a> &middot; <a href="#configs">configs</a></p>
 <h2 id="metrics">Validation metrics (greedy decoding)</h2>
