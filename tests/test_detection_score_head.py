@@ -95,6 +95,21 @@ def test_box_features_read_the_distributions_of_each_box():
     assert f["class_margin"] == pytest.approx(math.log(0.6) - math.log(0.4), abs=1e-5)
     assert f["logp_class"] == pytest.approx(math.log(0.6), abs=1e-5)
     assert f["height"] == pytest.approx(5 / 8) and f["count"] == pytest.approx(1 / 3)
+    assert f["overlap_earlier"] == 0 and f["overlap_earlier_same_class"] == 0
+
+
+def test_overlap_features_flag_duplicates_of_earlier_boxes():
+    codec = DetectionCodec(2, bins=8, max_boxes=3, box_order="random")
+    # box 1 repeats box 0 (same class), box 2 covers the left half of box 0 with the other class
+    groups = np.array([[0, 0, 4, 4, cls := codec.class_token, codec.right_token],
+                       [0, 0, 4, 4, cls, codec.right_token],
+                       [0, 0, 4, 2, cls + 1, codec.right_token]])
+    tokens = np.concatenate([groups.reshape(-1), [codec.end_token]])
+    lp = torch.log_softmax(torch.zeros(len(tokens), codec.vocab_size), -1)
+    f = box_features(codec, groups, np.array([0, 6, 12]), lp)
+    col = {name: f[:, i] for i, name in enumerate(FEATURES)}
+    np.testing.assert_allclose(col["overlap_earlier"], [0, 1, 0.5], atol=1e-6)
+    np.testing.assert_allclose(col["overlap_earlier_same_class"], [0, 1, 0], atol=1e-6)
 
 
 def test_fit_head_learns_a_monotone_score_and_is_deterministic():

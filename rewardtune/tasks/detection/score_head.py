@@ -25,6 +25,7 @@ FEATURES = (
     "entropy_ymin", "entropy_xmin", "entropy_ymax", "entropy_xmax", "entropy_class",
     "spread_ymin", "spread_xmin", "spread_ymax", "spread_xmax",  # coordinate std over the box side
     "class_margin", "logp_end_instead", "conf_logit", "index", "count", "height", "width",
+    "overlap_earlier", "overlap_earlier_same_class",  # max IoU with an earlier box of the sequence (duplicates)
 )
 _CLIP = 30.0  # log-probs of masked tokens are -inf: clip every log-prob feature to [-30, 30]
 
@@ -56,9 +57,25 @@ def box_features(codec, groups: np.ndarray, starts: np.ndarray, lp: torch.Tensor
     conf = (rows[:, 5, codec.right_token] - rows[:, 5, codec.wrong_token]).clamp(-_CLIP, _CLIP)
     index = torch.arange(k, dtype=torch.float64) / codec.max_boxes
     count = torch.full((k,), k / codec.max_boxes, dtype=torch.float64)
+    overlap, same = _earlier_overlaps(codec.boxes_from_bins(groups[:, :4]), groups[:, 4])
     feats = torch.cat([picked[:, :5], entropy, spread, margin[:, None], end_instead[:, None], conf[:, None],
-                       index[:, None], count[:, None], side_y[:, None] / B, side_x[:, None] / B], 1)
+                       index[:, None], count[:, None], side_y[:, None] / B, side_x[:, None] / B,
+                       torch.from_numpy(overlap)[:, None], torch.from_numpy(same)[:, None]], 1)
     return torch.nan_to_num(feats, nan=0.0, posinf=_CLIP, neginf=-_CLIP).numpy().astype(np.float32)
+
+
+def _earlier_overlaps(boxes: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per box, the largest IoU with any earlier box of the sequence, and with an earlier box of its
+    class (0 for the first): a duplicate shows as a high value."""
+    b = boxes.astype(np.float64)
+    lo, hi = np.maximum(b[:, None, :2], b[None, :, :2]), np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(-1)
+    area = (b[:, 2:] - b[:, :2]).prod(-1)
+    union = area[:, None] + area[None, :] - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    earlier = np.tril(np.ones_like(iou, dtype=bool), -1)  # [i, j]: j before i
+    same = earlier & (classes[:, None] == classes[None, :])
+    return (np.where(earlier, iou, 0).max(1, initial=0.0), np.where(same, iou, 0).max(1, initial=0.0))
 
 
 def apply_head(head: dict, features: np.ndarray) -> np.ndarray:
