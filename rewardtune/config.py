@@ -58,6 +58,9 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 200
     eval_images: int = 256  # val images scored during training (0 = the whole split)
+    # held-out reward: at every validation, the mean reward (train.reward) of this many samples of each of
+    # the eval_images val images, drawn with fixed generators; logged as val/reward in any stage (0 = off)
+    eval_reward_samples: int = 0
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     patience: int = 0  # stop after this many evals without a better val metric (0 = never)
@@ -97,7 +100,7 @@ _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encode
              "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
              "train.temperature", "model.mlp_ratio", "train.max_nonfinite")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.threads",
-                 "train.eval_images", "train.patience", "train.top_k", "train.aux_weight",
+                 "train.eval_images", "train.eval_reward_samples", "train.patience", "train.top_k", "train.aux_weight",
                  "train.kl_weight", "data.max_train_images", "data.max_val_images", "train.min_lr_ratio")
 
 

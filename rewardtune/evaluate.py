@@ -35,6 +35,32 @@ def predict_split(model: EncoderDecoder, task: Task, split, indices: Sequence[in
     return outputs, targets, ids
 
 
+@torch.no_grad()
+def held_out_reward(model: EncoderDecoder, task: Task, split, indices: Sequence[int], samples: int, reward_fn,
+                    seed: int = 0, batch_size: int = 32) -> dict:
+    """Mean and spread of the reward of `samples` samples (temperature 1) of each image split[indices].
+
+    Image i's draws come from a generator keyed by (seed, i) alone, never from the global RNG: the same
+    model gives the same figure at every call, so the figure moves only when the model does.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    values = []
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        images, targets, _ = split.batch(chunk)
+        gens = [torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(i)) for i in chunk]
+        gen = model.generate(images.to(device), samples, generator=gens)
+        rewards, _ = reward_fn(decode_all(task.codec, gen), [t for t in targets for _ in range(samples)])
+        values.append(torch.as_tensor(rewards, dtype=torch.float64).reshape(-1))
+    model.train(was_training)
+    allv = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    return {"reward": float(allv.mean()) if len(allv) else float("nan"),
+            "reward_std": float(allv.std()) if len(allv) > 1 else 0.0}
+
+
 def load_run(run_dir: str, checkpoint_name: str = "latest", overrides: Optional[dict] = None):
     """(config, task, model) of a run folder, rebuilt from its config.json and checkpoint."""
     from .config import load as load_config

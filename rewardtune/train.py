@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed
 from .config import Config, save as save_config
 from .errors import ConfigError, UserError
-from .evaluate import evaluate_run, predict_split
+from .evaluate import evaluate_run, held_out_reward, predict_split
 from .model.encdec import build_model
 from .steps import STEPS, StepContext, resolve_reward
 from .tasks import make_task
@@ -175,7 +175,8 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
     wrapped = model
     if d.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
-    ctx = StepContext(task, wrapped, model, cfg, resolve_reward(task, cfg.reward) if cfg.stage == "reward" else None,
+    needs_reward = cfg.stage == "reward" or cfg.eval_reward_samples > 0
+    ctx = StepContext(task, wrapped, model, cfg, resolve_reward(task, cfg.reward) if needs_reward else None,
                       reference, d)
     log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), start, d.main)
     loop = _Loop(config, run_dir, d, task, model, optimizer, scheduler, state, log, ctx, train_split, val_split)
@@ -280,6 +281,10 @@ class _Loop:
                 self.log.write({"step": done, **{f"calibrate/{k}": float(v) for k, v in fitted.items()}})
             outputs, targets, ids = predict_split(self.model, self.task, self.val_split, range(n))
             metrics = self.task.metrics(outputs, targets, ids)
+            if self.cfg.eval_reward_samples:  # the held-out reward (same draws at every validation)
+                held = held_out_reward(self.model, self.task, self.val_split, range(n), self.cfg.eval_reward_samples,
+                                       self.ctx.reward_fn, seed=self.cfg.seed)
+                metrics = {**metrics, **held}
             self.log.write({"step": done, **{f"val/{k}": float(v) for k, v in metrics.items()}})
             name = self.cfg.monitor.lstrip("-") or self.task.primary_metric
             if name not in metrics:

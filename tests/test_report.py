@@ -53,7 +53,7 @@ def test_report_is_one_self_contained_file(report):
     assert "http://" not in text and "https://" not in text and "<link" not in text and "<script" not in text
     sources = re.findall(r'src="([^"]*)"', text)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert len(sources) == 2 * IMAGES + 3 + 1  # gallery + tuned analysis (3) + MLE training curves
+    assert len(sources) == 2 * IMAGES + 3 + 1 + 1  # gallery + tuned analysis (3) + MLE training curves + budget
 
 
 def test_report_has_configs_metrics_table_analysis_and_gallery(report):

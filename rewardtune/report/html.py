@@ -154,6 +154,23 @@ def analysis_section(run_dirs: Sequence[str], labels: Sequence[str],
     return "".join(parts)
 
 
+def budget_section(run_dirs: Sequence[str], labels: Sequence[str], configs: Sequence[dict],
+                   primary: Optional[str]) -> str:
+    """The runs' val/<primary> (and held-out reward) against training images seen, on one plot: a tuned
+    run beside its control (the MLE run trained on for as many steps) shows what the budget bought."""
+    if not primary or len(run_dirs) < 2:
+        return "<p class='muted'>Needs two or more runs (e.g. the tuned run and its control).</p>"
+    runs = {}
+    for run, label, config in zip(run_dirs, labels, configs):
+        train = config.get("train", {})
+        samples = int(train.get("num_samples", 0)) if train.get("stage") == "reward" else 0
+        runs[label] = (read_metrics_log(run), int(train.get("batch_size", 1)), samples)
+    fig = plots.budget_figure(runs, primary)
+    if fig is None:
+        return f"<p class='muted'>No run logged val/{esc(primary)}.</p>"
+    return img_tag(base64.b64encode(plots.png_bytes(fig)).decode("ascii"), "budget")
+
+
 def gallery_section(gallery: Gallery) -> str:
     """Rows: val images; columns: runs. Each cell: the task's drawing, the output text, its rewards."""
     head = "<tr><th>image</th>" + "".join(f"<th>{esc(c.label)}</th>" for c in gallery.columns) + "</tr>"
@@ -207,11 +224,13 @@ def write_report(run_dirs: Sequence[str], out_path: str, images: int = 8, note: 
 <p class="muted">task {esc(', '.join(tasks))} &middot; runs {esc(', '.join(labels))} &middot; written {esc(now)}</p>
 {f'<p class="note">{esc(note)}</p>' if note else ""}
 <p><a href="#metrics">metrics</a> &middot; <a href="#analysis">analysis</a> &middot;
-<a href="#gallery">gallery</a> &middot; <a href="#configs">configs</a></p>
+<a href="#budget">budget</a> &middot; <a href="#gallery">gallery</a> &middot; <a href="#configs">configs</a></p>
 <h2 id="metrics">Validation metrics (greedy decoding)</h2>
 {metrics_section(run_dirs, labels, stages)}
 <h2 id="analysis">Analysis: sample pools and training curves</h2>
 {analysis_section(run_dirs, labels, [c.primary_metric for c in gallery.columns])}
+<h2 id="budget">Budget: validation metric against training images seen</h2>
+{budget_section(run_dirs, labels, configs, next((c.primary_metric for c in gallery.columns if c.primary_metric), None))}
 <h2 id="gallery">Gallery: the same val images, greedy output of each run</h2>
 {gallery_section(gallery)}
 <h2 id="configs">Configs</h2>

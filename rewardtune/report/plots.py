@@ -139,6 +139,37 @@ def progression_figure(records: Sequence[dict], val_keys: Optional[Sequence[str]
     return fig
 
 
+def budget_figure(runs: dict, metric: str) -> Optional[Figure]:
+    """Validation metric (left) and held-out reward (right, where logged) against the training images
+    each run has seen since it started: tuned runs beside their control at equal budget.
+
+    runs: {label: (metrics.jsonl records, images per step, sampled sequences per image or 0 for MLE)}.
+    None when no run logged `val/<metric>`.
+    """
+    key = f"val/{metric}"
+    curves = {label: v for label, v in runs.items() if series(v[0], key)[0]}
+    if not curves:
+        return None
+    fig = Figure(figsize=(11, 3.6))
+    left, right = fig.subplots(1, 2)
+    for i, (label, (records, per_step, samples)) in enumerate(curves.items()):
+        how = f" ({samples} samples an image)" if samples else " (MLE)"
+        for ax, k in ((left, key), (right, "val/reward")):
+            steps, values = series(records, k)
+            if steps:
+                ax.plot([st * per_step for st in steps], values, marker="o", markersize=3,
+                        color=colour(label, i), label=label + how)
+    left.set(xlabel="training images seen", ylabel=key, title=f"{key} vs budget")
+    right.set(xlabel="training images seen", ylabel="val/reward",
+              title="held-out reward (train.eval_reward_samples)" if any(
+                  series(r, "val/reward")[0] for r, _, _ in curves.values()) else "no held-out reward logged")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return fig
+
+
 def analysis_plots(summary: dict, pools: dict, records: Sequence[dict], out_dir: str) -> list[str]:
     """Write the analysis PNGs of `rewardtune.analysis.analyze_run`; returns their paths."""
     paths = []
