@@ -229,11 +229,11 @@ class _Loop:
                     self.state["finished"] = True
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or is_best or stop:
                     self._save(done, is_best)
-                if stop:
+                if stop:  # decided on the main process and broadcast by _validate: every rank stops here
                     if self.d.main:
                         monitor = cfg.monitor.lstrip("-") or self.task.primary_metric
-                    tqdm.write(f"stopping at step {done}: val/{monitor} has not improved for {cfg.patience} "
-                               f"evaluations (best {abs(self.state['best_metric']):.4f})")
+                        tqdm.write(f"stopping at step {done}: val/{monitor} has not improved for {cfg.patience} "
+                                   f"evaluations (best {abs(self.state['best_metric']):.4f})")
                     break
 
     def _step(self, step: int) -> dict:

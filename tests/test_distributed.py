@@ -169,3 +169,24 @@ def _worker(config, out):
 
 if __name__ == "__main__":
     _worker(*sys.argv[1:3])
+
+
+def test_early_stopping_ends_every_rank_at_the_same_step(tmp_path):
+    """Patience under torchrun: the stop is decided on rank 0 and broadcast, so both ranks end cleanly
+    at the step one process stops at (it crashed rank 1 with an UnboundLocalError before)."""
+    raw = json.loads(json.dumps(CONFIG))
+    raw["task"] = "toy_task_eval_index"  # its metric only grows: "-eval_index" never improves after eval 1
+    raw["train"].update(steps=12, eval_every=2, checkpoint_every=2, patience=1, monitor="-eval_index")
+    config = str(tmp_path / "config.json")
+    with open(config, "w") as f:
+        json.dump(raw, f)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT]), "OMP_NUM_THREADS": "1"}
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    done = subprocess.run([sys.executable, "-m", "rewardtune", "pretrain", config, "--out", one], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = torchrun("-m", "rewardtune", "pretrain", config, "--out", two)
+    assert "stopping at step 4" in done.stderr + done.stdout
+    assert (proc.stdout + proc.stderr).count("stopping at step 4") == 1  # said once, by rank 0
+    steps = [max(r["step"] for r in lines(run)) for run in (one, two)]
+    assert steps == [4, 4]
