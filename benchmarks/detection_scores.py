@@ -26,7 +26,6 @@ from rewardtune.evaluate import predict_split  # noqa: E402
 from rewardtune.model.encdec import build_model  # noqa: E402
 from rewardtune.score import score  # noqa: E402
 from rewardtune.tasks import make_task  # noqa: E402
-from rewardtune.train import chosen_checkpoint  # noqa: E402
 
 SCORES = ("token_prob", "expected_iou", "learned")
 
@@ -35,7 +34,7 @@ def measure(run: str, out_dir: str, images: int, samples: int, seed: int) -> dic
     config = load_config(os.path.join(run, "config.json"))
     config.task_options = {**config.task_options, "score": "learned", "calibrate_images": images,
                            "calibrate_samples": samples}
-    name = chosen_checkpoint(run)
+    name = checkpoint.standing(run)
     path = checkpoint.find(run, name)
     saved = checkpoint.load(path, optimizer_state=False)
     state = {k: v for k, v in saved["state"]["task_state"].items() if k != "score_head"}

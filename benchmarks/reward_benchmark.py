@@ -125,7 +125,7 @@ def sample_vs_reward_time(run: str, images: int = 32, samples: int = 8, seed: in
     import torch
     from rewardtune.evaluate import load_run
     from rewardtune.steps import decode_all, resolve_reward
-    cfg, task, model = load_run(run, "best")
+    cfg, task, model = load_run(run)
     split = task.datasets()["val"]
     batch, targets, _ = split.batch(list(range(min(images, len(split)))))
     reward_fn = resolve_reward(task, cfg.train.reward)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import checkpoint
 from .data.files import write_json_atomic
 from .errors import UserError
 from .evaluate import load_run
@@ -158,13 +159,15 @@ def read_metrics_log(run_dir: str) -> list[dict]:
     return [r for r in records if isinstance(r, dict)]
 
 
-def _models(run_dir: str, init_dir: Optional[str], checkpoint_name: str) -> dict:
-    """{label: (run_dir, checkpoint, config, task, model)}: the init as "mle", the run by its stage."""
+def _models(run_dir: str, init_dir: Optional[str], checkpoint_name: Optional[str]) -> dict:
+    """{label: (run_dir, checkpoint, config, task, model)}: the init as "mle", the run by its stage; each
+    at its standing checkpoint (checkpoint.standing) unless `checkpoint_name` names the run's."""
+    checkpoint_name = checkpoint.resolve(run_dir, checkpoint_name)
     config, task, model = load_run(run_dir, checkpoint_name)
     models = {}
-    if init_dir:
-        # tuning starts from the init's best checkpoint (else its latest): analyse that one
-        models["mle"] = (init_dir, "best", *load_run(init_dir, "best"))
+    if init_dir:  # tuning started from the init's standing checkpoint: analyse that one
+        init_name = checkpoint.standing(init_dir)
+        models["mle"] = (init_dir, init_name, *load_run(init_dir, init_name))
     label = "tuned" if config.train.stage == "reward" else "mle"
     if label in models:
         label = "run"
@@ -182,7 +185,7 @@ def _reward_fns(task: Task, tuned_on: str) -> dict:
 
 def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100, images: int = 16,
                 out_dir: Optional[str] = None, seed: int = 0, batch_size: int = 256,
-                checkpoint_name: str = "latest", temperature: float = 1.0) -> dict:
+                checkpoint_name: Optional[str] = None, temperature: float = 1.0) -> dict:
     """Sample, score, summarise and plot a run (and its MLE init); returns the summary written to OUT."""
     from .report import plots
     if samples < 1 or images < 1 or batch_size < 1:

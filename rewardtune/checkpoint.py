@@ -158,6 +158,23 @@ def read_pointer(folder: str, name: str) -> Optional[str]:
         return None
 
 
+def standing(run_dir: str) -> str:
+    """The one rule for which checkpoint stands for a run: 'best' when it trained with patience (early
+    stopping picked it on val) and has one, else 'latest' (where the run ended). Tuning from a run
+    (--init), `eval`, `predict`, `analyze` (the run and its --init) and the report all read this one."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            patience = json.load(f)["train"]["patience"]
+    except (OSError, ValueError, KeyError, TypeError):
+        patience = 0
+    return "best" if patience and find(run_dir, "best") else "latest"
+
+
+def resolve(run_dir: str, which: Optional[str] = None) -> str:
+    """`which` ('latest' or 'best') as given, or the standing checkpoint's name when None."""
+    return standing(run_dir) if which is None else which
+
+
 def find(run_dir: str, which: str = "latest") -> Optional[str]:
     """Path of the complete checkpoint `which` ('latest' or 'best') of a run, or None."""
     folder = os.path.join(run_dir, "checkpoints")

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         t = sub.add_parser(name, help=stage_help)
         t.add_argument("config", help="config file (a run's config.json works) or a recipe name")
         t.add_argument("--out", required=True, help="run folder; re-running resumes from its latest checkpoint")
-        t.add_argument("--init", help="run folder whose best (else latest) checkpoint initialises the model",
+        t.add_argument("--init", help="run folder whose standing checkpoint initialises the model: its best if it "
+                                      "trained with patience (early stopping), else its latest",
                        required=(name == "tune"))
         t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.lr=3e-5")
         if name == "tune":
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="greedy-decode a split, write predictions and metrics.json")
     e.add_argument("run")
     e.add_argument("--split", default="val")
-    e.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    e.add_argument("--checkpoint", default=None, choices=("latest", "best"),
+                    help="default: the checkpoint that stands for the run: best if it trained with patience, else latest")
     e.add_argument("--max-images", type=int, default=0)
     e.set_defaults(fn=cmd_eval)
 
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", help="folder for predictions in the task's standard format (default: print)")
-    pr.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    pr.add_argument("--checkpoint", default=None, choices=("latest", "best"),
+                    help="default: the checkpoint that stands for the run: best if it trained with patience, else latest")
     pr.set_defaults(fn=cmd_predict)
 
     sc = sub.add_parser("score", help="score a predictions file with the project's metric (prints JSON)")
@@ -132,13 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="sample pools of a run (and its MLE init): reward distribution, "
                                        "best-of-N, likelihood reranking")
     a.add_argument("run")
-    a.add_argument("--init", help="the MLE run the tuned run started from (its best checkpoint, analysed as 'mle')")
+    a.add_argument("--init", help="the MLE run the tuned run started from (its standing checkpoint, the one "
+                                   "tuning started from: best with patience, else latest; analysed as 'mle')")
     a.add_argument("--samples", type=int, required=True, help="samples per image (K), e.g. 1000")
     a.add_argument("--images", type=int, default=16, help="the first N val images")
     a.add_argument("--out", help="output folder (default RUN/analysis, which the report picks up)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--batch-size", type=int, default=256, help="sequences per sampling call (memory bound)")
-    a.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    a.add_argument("--checkpoint", default=None, choices=("latest", "best"),
+                    help="default: the checkpoint that stands for the run: best if it trained with patience, else latest")
     a.set_defaults(fn=cmd_analyze)
 
     r = sub.add_parser("report", help="one self-contained HTML report of runs side by side")

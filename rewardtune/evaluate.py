@@ -61,14 +61,15 @@ def held_out_reward(model: EncoderDecoder, task: Task, split, indices: Sequence[
             "reward_std": float(allv.std()) if len(allv) > 1 else 0.0}
 
 
-def load_run(run_dir: str, checkpoint_name: str = "latest", overrides: Optional[dict] = None):
-    """(config, task, model) of a run folder, rebuilt from its config.json and checkpoint."""
+def load_run(run_dir: str, checkpoint_name: Optional[str] = None, overrides: Optional[dict] = None):
+    """(config, task, model) of a run folder, rebuilt from its config.json and checkpoint
+    (`checkpoint_name` 'latest' or 'best'; None: the one that stands for the run, checkpoint.standing)."""
     from .config import load as load_config
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
         raise UserError(f"{run_dir}: not a run folder (no config.json)")
     config = load_config(config_path)
-    path = checkpoint.find(run_dir, checkpoint_name) or checkpoint.find(run_dir, "latest")
+    path = checkpoint.find(run_dir, checkpoint.resolve(run_dir, checkpoint_name)) or checkpoint.find(run_dir, "latest")
     if path is None:
         raise UserError(f"{run_dir}: run has no checkpoint yet")
     saved = checkpoint.load(path, optimizer_state=False)
@@ -81,10 +82,11 @@ def load_run(run_dir: str, checkpoint_name: str = "latest", overrides: Optional[
     return config, task, model.eval()
 
 
-def evaluate_run(run_dir: str, split: str = "val", checkpoint_name: str = "latest",
+def evaluate_run(run_dir: str, split: str = "val", checkpoint_name: Optional[str] = None,
                  model: Optional[EncoderDecoder] = None, task: Optional[Task] = None,
                  splits: Optional[dict] = None, max_images: int = 0) -> dict:
     """Write RUN/eval/<split>/metrics.json and the predictions; return the metrics."""
+    checkpoint_name = checkpoint.resolve(run_dir, checkpoint_name)
     if model is None or task is None:
         _, task, model = load_run(run_dir, checkpoint_name, {"data": {"val_split": split}} if split != "val" else None)
         splits = None

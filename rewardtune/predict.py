@@ -28,7 +28,7 @@ def jsonable(value: Any) -> Any:
 
 
 def predict_images(run_dir: str, paths: list[str], out_dir: Optional[str] = None,
-                   checkpoint_name: str = "latest") -> list:
+                   checkpoint_name: Optional[str] = None) -> list:
     """Greedy outputs for image files; written in the task's format to out_dir, else printed."""
     config, task, model = load_run(run_dir, checkpoint_name)
     size = config.data.image_size

@@ -107,24 +107,12 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def chosen_checkpoint(run_dir: str) -> str:
-    """The checkpoint that stands for a run: 'best' when it trained with patience (early stopping
-    selected it on val), else 'latest' (the end of the run)."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            patience = json.load(f)["train"]["patience"]
-    except (OSError, ValueError, KeyError, TypeError):
-        patience = 0
-    name = "best" if patience and checkpoint.find(run_dir, "best") else "latest"
-    return name
-
-
 def _starting_point(config: Config, run_dir: str, init_dir: Optional[str]):
     """(checkpoint to resume from, checkpoint to initialise weights from) -- at most one is used."""
     resume = checkpoint.find(run_dir, "latest")
     if resume or not init_dir:
         return resume, None
-    init = checkpoint.find(init_dir, chosen_checkpoint(init_dir))
+    init = checkpoint.find(init_dir, checkpoint.standing(init_dir))
     if init is None:
         raise UserError(f"{init_dir}: no checkpoint to start from (run pretrain first)")
     return None, init
@@ -184,7 +172,7 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
     distributed.barrier(d)
     metrics = {}
     if evaluate_at_end and d.main:
-        chosen = "best" if cfg.patience else "latest"  # patience means the best checkpoint was selected
+        chosen = checkpoint.standing(run_dir)
         metrics = evaluate_run(run_dir, split="val", checkpoint_name=chosen, task=task, splits=splits,
                                model=None if chosen == "best" else model)
     distributed.barrier(d)

@@ -162,3 +162,33 @@ def test_checkpoint_of_another_model_shape_is_refused(tmp_path):
     raw["model"]["width"] = 64
     with pytest.raises(UserError, match="does not fit"):
         train(from_dict(raw), str(tmp_path / "other"), init_dir=run)
+
+
+def test_the_standing_checkpoint_is_read_the_same_way_by_tune_eval_analyze_and_report(tmp_path):
+    """A run with patience whose best (step 2) is not its latest (step 12): every reader takes best."""
+    from rewardtune.analysis import _models
+    from rewardtune.evaluate import evaluate_run
+    from rewardtune.report.gallery import build_gallery
+    from rewardtune.train import _starting_point
+
+    mle = str(tmp_path / "mle")
+    config = toy(eval_every=2, checkpoint_every=2, monitor="-eval_index", patience=10)
+    config.task = "toy_task_eval_index"  # "-eval_index" is best at the first evaluation only
+    train(config, mle, evaluate_at_end=False)
+    best, latest = checkpoint.find(mle, "best"), checkpoint.find(mle, "latest")
+    assert best != latest and checkpoint.standing(mle) == "best"
+    assert _starting_point(toy(stage="reward"), str(tmp_path / "tuned"), mle) == (None, best)  # tune --init
+    assert evaluate_run(mle) and json.load(open(os.path.join(mle, "eval", "val", "metrics.json")))["checkpoint"] == "best"
+    tuned = str(tmp_path / "tuned")
+    tune = toy(stage="reward", lr=1e-3, schedule="constant", num_samples=2, steps=2, eval_every=2)
+    tune.task = config.task
+    train(tune, tuned, init_dir=mle)
+    models = _models(tuned, mle, None)  # analyze: the init at the checkpoint tuning started from
+    assert models["mle"][1] == "best" and models["tuned"][1] == "latest"
+    assert [c.checkpoint for c in build_gallery([mle, tuned], ["mle", "tuned"], 2).columns] == ["best", "latest"]
+    # without patience the standing checkpoint is the latest, even though `best` is written
+    plain = str(tmp_path / "plain")
+    again = toy(eval_every=2, checkpoint_every=2, monitor="-eval_index")
+    again.task = config.task
+    train(again, plain, evaluate_at_end=False)
+    assert checkpoint.find(plain, "best") != checkpoint.find(plain, "latest") and checkpoint.standing(plain) == "latest"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import checkpoint
 from ..errors import UserError
 
 MAX_WIDTH = 768  # drawn images wider than this are shrunk (keeps the report small)
@@ -36,6 +37,7 @@ class Column:
     cells: list = field(default_factory=list)
     error: Optional[str] = None  # why the run has no gallery (no checkpoint...)
     primary_metric: Optional[str] = None  # the task's validation metric, when the run could be loaded
+    checkpoint: Optional[str] = None  # the checkpoint drawn: the run's standing one (checkpoint.standing)
 
 
 @dataclass
@@ -76,23 +78,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def checkpoint_for(run_dir: str) -> str:
-    """The checkpoint `eval` scored (its metrics.json says), else best when the run used patience."""
-    path = os.path.join(run_dir, "eval", "val", "metrics.json")
-    try:
-        with open(path) as f:
-            name = json.load(f).get("checkpoint")
-        if name in ("latest", "best"):
-            return name
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            return "best" if json.load(f).get("train", {}).get("patience") else "latest"
-    except (OSError, ValueError, AttributeError):
-        return "latest"
-
-
 def _draw(task, image: np.ndarray, output: Any, target: Any, rewards: dict) -> Cell:
     cell = Cell(text=as_text(output), rewards=rewards)
     try:
@@ -108,7 +93,8 @@ def run_column(run_dir: str, label: str, images: int, splits: dict, gallery: Gal
     from ..evaluate import load_run, predict_split
     column = Column(label)
     try:
-        config, task, model = load_run(run_dir, checkpoint_for(run_dir))
+        column.checkpoint = checkpoint.standing(run_dir)
+        config, task, model = load_run(run_dir, column.checkpoint)
     except UserError as e:
         column.error = str(e)
         return column
