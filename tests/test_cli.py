@@ -55,12 +55,21 @@ def run_cli(*args, cwd=None):
 
 
 @pytest.mark.parametrize("case", ["missing_config", "unknown_key", "bad_value", "missing_data", "truncated_json",
-                                  "no_checkpoint", "missing_pred"])
+                                  "no_checkpoint", "missing_pred", "negative_width", "zero_height",
+                                  "negative_height"])
 def test_user_errors_end_with_one_line_and_exit_code_2(case, demo, tmp_path):
     cfg = os.path.join(demo, "mle", "config.json")
     out = str(tmp_path / "out")
     bad_ann = tmp_path / "instances.json"
     bad_ann.write_text('{"images": [')
+    gt = os.path.join(demo, "data", "annotations", "instances_val.json")
+    with open(gt) as f:
+        first_image = json.load(f)["images"][0]["id"]
+    boxes = {"negative_width": [1, 2, -3, 4], "zero_height": [1, 2, 3, 0], "negative_height": [1, 2, 3, -4]}
+    if case in boxes:  # a results file whose second detection is an impossible box
+        field, value = ("width", -3) if case == "negative_width" else ("height", boxes[case][3])
+        good = {"image_id": first_image, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}
+        (tmp_path / "dets.json").write_text(json.dumps([good, {**good, "bbox": boxes[case]}]))
     args, expected = {
         "missing_config": (["pretrain", "nope.json", "--out", out], "nope.json"),
         "unknown_key": (["pretrain", cfg, "--out", out, "--set", "train.lrr=1"], "train.lrr"),
@@ -71,6 +80,9 @@ def test_user_errors_end_with_one_line_and_exit_code_2(case, demo, tmp_path):
         "no_checkpoint": (["tune", cfg, "--init", str(tmp_path), "--out", out], str(tmp_path)),
         "missing_pred": (["score", "detection", "--pred", str(tmp_path / "p.json"), "--gt",
                           os.path.join(demo, "data", "annotations", "instances_val.json")], "p.json"),
+        **{name: (["score", "detection", "--pred", str(tmp_path / "dets.json"), "--gt", gt],
+                  f"dets.json: detection #1 (image_id {first_image}): bbox {field} must be > 0")
+           for name in boxes if name == case},
     }[case]
     code, lines = run_cli(*args)
     assert code == 2, lines

@@ -72,6 +72,9 @@ def test_empty_results_give_zeros(tmp_path):
     ({"category_id": 5}, "unknown category_id 5"),
     ({"bbox": [1, 2, 3]}, "bbox"),
     ({"score": "high"}, "score"),
+    ({"bbox": [1, 2, -3, 4]}, "detection #0 (image_id 10): bbox width must be > 0, got -3"),
+    ({"bbox": [1, 2, 3, 0]}, "detection #0 (image_id 10): bbox height must be > 0, got 0"),
+    ({"bbox": [1, 2, 3, -0.5]}, "detection #0 (image_id 10): bbox height must be > 0, got -0.5"),
 ])
 def test_invalid_results_name_the_file(tmp_path, bad, needle):
     gt, results = random_gt_and_results()

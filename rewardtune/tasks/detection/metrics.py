@@ -36,7 +36,7 @@ def eval_ground_truth(images: Sequence[dict], annotations: Sequence[dict], categ
 
 
 def check_results(results: Any, gt: dict, source: str = "results") -> None:
-    """A COCO results list: [{image_id, category_id, bbox [x, y, w, h], score}] on known ids."""
+    """A COCO results list: [{image_id, category_id, bbox [x, y, w, h] with w, h > 0, score}] on known ids."""
     if not isinstance(results, list):
         raise DataError(f"{source}: expected a list of detections")
     image_ids = {im["id"] for im in gt["images"]}
@@ -52,6 +52,10 @@ def check_results(results: Any, gt: dict, source: str = "results") -> None:
             raise DataError(f"{source}: detection #{i}: unknown image_id {r['image_id']!r}")
         if r["category_id"] not in category_ids:
             raise DataError(f"{source}: detection #{i}: unknown category_id {r['category_id']!r}")
+        for field, size in (("width", r["bbox"][2]), ("height", r["bbox"][3])):
+            if size <= 0:  # pycocotools scores such a box without a word
+                raise DataError(f"{source}: detection #{i} (image_id {r['image_id']!r}): bbox {field} must be > 0, "
+                                f"got {size!r}")
 
 
 def coco_metrics(gt: dict, results: Sequence[dict], source: str = "results") -> dict[str, float]:
