@@ -101,7 +101,7 @@ class WorldLevel:
 
 
 LEVELS: dict[str, WorldLevel] = {
-    # Detection is solved here (see MEASURED.md): 32 coordinate bins are exact at 64 px.
+    # Detection is solved here (see docs/results.md): 32 coordinate bins are exact at 64 px.
     "easy": WorldLevel(1, 3, 14, 32, max_overlap=0.0, num_regions=1, texture=0.0,
                        colour_overlap=False, grid=2),
     "medium": WorldLevel(1, 6, 10, 28, max_overlap=0.25, num_regions=2, texture=0.5,
