@@ -301,3 +301,135 @@ def test_skip_corrupt_skips_and_counts_the_image_and_trains(task, world, tmp_pat
     assert checkpoint.find(out) is not None
     assert os.path.exists(os.path.join(out, "eval", "val", "metrics.json"))
     assert "skipped 1 unreadable image" in err and "train" in err, err
+
+
+# ---- `rewardtune score`: bad prediction files -------------------------------------------------------------------
+# Each score case starts from predictions that equal the val ground truth of the world (scored fine), breaks one
+# thing and checks what the user sees: one line naming the file (and the entry), exit code 2.
+
+def perfect_predictions(task, root, folder):
+    """Score arguments for predictions equal to the val ground truth, written under `folder`."""
+    ann = os.path.join(root, "annotations")
+    pred = os.path.join(folder, "pred.json")
+    if task == "colorization":
+        shutil.copytree(os.path.join(root, "images", "val"), os.path.join(folder, "images"))
+        return {"--pred": os.path.join(folder, "images"), "--gt": os.path.join(root, "images", "val")}
+    if task == "panoptic":
+        shutil.copy(ann_path(root, task, "val"), pred)
+        shutil.copytree(os.path.join(ann, "panoptic_val"), os.path.join(folder, "panoptic"))
+        return {"--pred-json": pred, "--pred-dir": os.path.join(folder, "panoptic"),
+                "--gt-json": ann_path(root, task, "val"), "--gt-dir": os.path.join(ann, "panoptic_val")}
+    with open(ann_path(root, task, "val")) as f:
+        gt = json.load(f)
+    if task == "detection":
+        entries = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+                   for a in gt["annotations"]]
+    else:
+        entries = list({a["image_id"]: {"image_id": a["image_id"], "caption": a["caption"]}
+                        for a in gt["annotations"]}.values())
+    with open(pred, "w") as f:
+        json.dump(entries, f)
+    return {"--pred": pred, "--gt": ann_path(root, task, "val")}
+
+
+def _set_second(task, field, value, text):
+    """A score case that sets `field` of the second prediction entry; the line must name `text`."""
+    def case(task_, args):
+        if task_ != task:
+            pytest.skip(f"N/A for {task_}")
+        pred = args["--pred-json" if task == "panoptic" else "--pred"]
+        if task == "panoptic":
+            edit_json(pred, lambda d: d["annotations"][1]["segments_info"][0].update({field: value}))
+        else:
+            edit_json(pred, lambda d: d[1].update({field: value}))
+        return (pred, "detection #1", text) if task == "detection" else (pred, text)
+    return case
+
+
+def score_truncated(task, args):
+    pred = args["--pred-json" if task == "panoptic" else "--pred"]
+    if task == "colorization":  # a folder of images: a truncated image
+        pred = os.path.join(pred, sorted(os.listdir(pred))[0])
+    with open(pred, "rb") as f:
+        data = f.read()
+    with open(pred, "wb") as f:
+        f.write(data[: len(data) // 2])
+    return os.path.basename(pred)
+
+
+def score_image_missing(task, args):
+    if task == "colorization":
+        name = sorted(os.listdir(args["--pred"]))[0]
+        os.remove(os.path.join(args["--pred"], name))
+        return name
+    if task == "panoptic":
+        edit_json(args["--pred-json"], lambda d: d.update(annotations=d["annotations"][1:]))
+        return "no prediction for the image"
+    pytest.skip(f"N/A for {task}: images without a prediction are left out, as the reference tool does")
+
+
+def score_duplicate_image(task, args):
+    only(task, "captioning", "panoptic")
+    pred = args["--pred-json" if task == "panoptic" else "--pred"]
+    if task == "panoptic":
+        edit_json(pred, lambda d: d["annotations"].append(d["annotations"][0]))
+        return pred, "more than one prediction"
+    edit_json(pred, lambda d: d + [d[0]])
+    return pred, "more than one caption"
+
+
+def score_duplicate_segment(task, args):
+    only(task, "panoptic")
+    edit_json(args["--pred-json"], lambda d: d["annotations"][0]["segments_info"].append(
+        d["annotations"][0]["segments_info"][0]))
+    return args["--pred-json"], "listed more than once"
+
+
+def score_file_name_escapes(task, args):
+    only(task, "panoptic")
+    edit_json(args["--pred-json"], set_first("annotations", "file_name", "../../../../etc/passwd"))
+    return args["--pred-json"], "escapes"
+
+
+SCORE_CASES = [
+    score_truncated, score_image_missing, score_duplicate_image, score_duplicate_segment, score_file_name_escapes,
+    _set_second("detection", "bbox", [1, 2, math.nan, 4], "bbox"),
+    _set_second("detection", "image_id", 999, "unknown image_id 999"),
+    _set_second("detection", "category_id", 999, "unknown category_id 999"),
+    _set_second("detection", "bbox", [1, 2, -3, 4], "bbox width must be > 0, got -3"),
+    _set_second("detection", "bbox", [1, 2, 3, 0], "bbox height must be > 0, got 0"),
+    _set_second("detection", "bbox", [1, 2, 3, -4], "bbox height must be > 0, got -4"),
+    _set_second("detection", "image_id", [1], "image_id [1]"),
+    _set_second("captioning", "image_id", 999, "image id 999"),
+    _set_second("captioning", "image_id", [1], "image_id [1]"),
+    _set_second("captioning", "caption", math.nan, "caption"),
+    _set_second("panoptic", "category_id", 999, "unknown category_id 999"),
+    _set_second("panoptic", "category_id", math.nan, "category_id"),
+]
+SCORE_IDS = ["truncated", "image_missing", "duplicate_image", "duplicate_segment", "file_name_escapes",
+             "nan_box", "unknown_image_id", "unknown_category", "negative_width", "zero_height", "negative_height",
+             "list_image_id", "unknown_image_id_caption", "list_image_id_caption", "nan_caption",
+             "unknown_category_segment", "nan_category_segment"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("case", SCORE_CASES, ids=SCORE_IDS)
+def test_bad_predictions_give_one_line_exit_2(case, task, world, tmp_path, capsys):
+    args = perfect_predictions(task, world, str(tmp_path))
+    argv = ["score", task] + [v for pair in args.items() for v in pair]
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err  # the unbroken predictions score
+    expected = case(task, args)
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    table = os.environ.get("REWARDTUNE_BAD_INPUT_TABLE")
+    if table:
+        with open(table, "a") as f:
+            f.write(f"score_{SCORE_IDS[SCORE_CASES.index(case)]}\t{task}\t"
+                    f"{captured.err.strip().replace(str(tmp_path), '$TMP')}\n")
+    assert code == 2 and not captured.out, captured.err
+    assert len(lines) == 1 and lines[0].startswith("rewardtune: error: "), captured.err
+    for text in (expected,) if isinstance(expected, str) else expected:
+        assert text in lines[0], captured.err

@@ -91,3 +91,17 @@ def test_results_must_be_a_list(tmp_path):
     gt_path, pred_path = write(tmp_path, gt, {"detections": []})
     with pytest.raises(DataError, match="expected a list"):
         score_files(pred_path, gt_path)
+
+
+def test_a_decoded_box_of_zero_extent_is_left_out_of_the_results(tmp_path):
+    """Both corners in one bin: no box a results file may hold; the written file stays scorable."""
+    from rewardtune.tasks.detection.metrics import to_coco_results
+    categories = [{"id": 3, "name": "square"}, {"id": 7, "name": "disc"}]
+    boxes = np.array([[0.1, 0.2, 0.5, 0.6], [0.3, 0.3, 0.3, 0.7], [0.1, 0.4, 0.9, 0.4]], np.float32)
+    output = {"boxes": boxes, "classes": np.array([0, 1, 0]), "scores": np.array([0.9, 0.8, 0.7])}
+    results = to_coco_results([output], [10], [(64, 48)], categories)
+    assert [(r["category_id"], r["score"]) for r in results] == [(3, pytest.approx(0.9))]
+    assert results[0]["bbox"] == pytest.approx([0.2 * 64, 0.1 * 48, 0.4 * 64, 0.4 * 48])
+    gt, _ = random_gt_and_results()
+    gt_path, pred_path = write(tmp_path, gt, results)
+    assert score_files(pred_path, gt_path)["num_detections"] == 1

@@ -57,10 +57,12 @@ def read_predictions(path: str) -> dict:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of {{\"image_id\", \"caption\"}} objects")
     preds: dict = {}
-    for entry in data:
+    for i, entry in enumerate(data):
         if not isinstance(entry, dict) or "image_id" not in entry or "caption" not in entry:
             raise DataError(f"{path}: entry {str(entry)[:80]} lacks 'image_id' or 'caption'")
         image_id, caption = entry["image_id"], entry["caption"]
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, float, str)):
+            raise DataError(f"{path}: entry #{i}: image_id {str(image_id)[:80]} is not a number or a string")
         if not isinstance(caption, str):
             raise DataError(f"{path}: image id {image_id}: caption {caption!r} is not a string")
         if image_id in preds:

@@ -4,6 +4,8 @@ Keys follow COCOeval.stats: map (AP@[.5:.95]), ap50, ap75, ap_small, ap_medium, 
 ar10, ar100, ar_small, ar_medium, ar_large; -1 where COCOeval has nothing to average (e.g. no
 small ground truths), as COCOeval itself reports. Plus num_detections.
 With no detections at all every metric is 0 (pycocotools' loadRes cannot load an empty list).
+A box needs a positive width and height: a results file with any other is refused, and a decoded box
+of zero extent (both corners in the same bin) is left out of the results (it could match nothing).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 import copy
 import io
 import math
+from collections.abc import Hashable
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,15 +45,16 @@ def check_results(results: Any, gt: dict, source: str = "results") -> None:
     image_ids = {im["id"] for im in gt["images"]}
     category_ids = {c["id"] for c in gt["categories"]}
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    known = lambda v, ids: isinstance(v, Hashable) and v in ids  # noqa: E731  (a list id is no id)
     for i, r in enumerate(results):
         if not isinstance(r, dict) or not all(k in r for k in ("image_id", "category_id", "bbox", "score")):
             raise DataError(f"{source}: detection #{i} needs image_id, category_id, bbox and score")
         if not (isinstance(r["bbox"], list) and len(r["bbox"]) == 4 and all(map(number, r["bbox"]))
                 and number(r["score"])):
             raise DataError(f"{source}: detection #{i}: bbox must be 4 numbers and score a number")
-        if r["image_id"] not in image_ids:
+        if not known(r["image_id"], image_ids):
             raise DataError(f"{source}: detection #{i}: unknown image_id {r['image_id']!r}")
-        if r["category_id"] not in category_ids:
+        if not known(r["category_id"], category_ids):
             raise DataError(f"{source}: detection #{i}: unknown category_id {r['category_id']!r}")
         for field, size in (("width", r["bbox"][2]), ("height", r["bbox"][3])):
             if size <= 0:  # pycocotools scores such a box without a word
@@ -91,13 +95,16 @@ def to_coco_results(outputs: Sequence[dict], ids: Sequence[Any], sizes: Sequence
                     categories: Sequence[dict]) -> list[dict]:
     """Decoded outputs -> COCO results: bbox [x, y, w, h] in original pixels, category ids restored.
 
-    `sizes[i]` is the (width, height) of image `ids[i]`; coordinates are rounded to 1e-4 px.
+    `sizes[i]` is the (width, height) of image `ids[i]`; coordinates are rounded to 1e-4 px. A box of
+    zero width or height is left out: it can match nothing, and a results file may not hold it.
     """
     results = []
     for output, image_id, (width, height) in zip(outputs, ids, sizes):
         boxes = np.asarray(output["boxes"], np.float64).reshape(-1, 4)
         for (ymin, xmin, ymax, xmax), cls, score in zip(boxes, output["classes"], output["scores"]):
-            bbox = [xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height]
-            results.append({"image_id": image_id, "category_id": categories[int(cls)]["id"],
-                            "bbox": [round(float(v), 4) for v in bbox], "score": float(score)})
+            bbox = [round(float(v), 4) for v in (xmin * width, ymin * height, (xmax - xmin) * width,
+                                                 (ymax - ymin) * height)]
+            if bbox[2] > 0 and bbox[3] > 0:
+                results.append({"image_id": image_id, "category_id": categories[int(cls)]["id"], "bbox": bbox,
+                                "score": float(score)})
     return results

@@ -7,6 +7,7 @@ raises DataError with one line naming it.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional, Sequence
 
@@ -37,7 +38,8 @@ def png_folder(json_path: str) -> str:
 
 def _int_field(obj: Any, key: str, path: str, where: str) -> int:
     value = obj.get(key) if isinstance(obj, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or float(value) != int(value)):
         raise DataError(f"{path}: {where} has no integer '{key}'")
     return int(value)
 
@@ -78,6 +80,10 @@ def check_segments(ids: np.ndarray, segments: Sequence[dict], png: str, json_pat
     """Every PNG id (VOID aside) must be in segments_info, with a known category; and, when
     `all_in_png` (predictions, as panopticapi checks them), every listed segment must be in the PNG."""
     listed = {int(s["id"]) for s in segments}
+    if len(listed) < len(segments):
+        twice = next(i for i in listed if sum(int(s["id"]) == i for s in segments) > 1)
+        raise DataError(f"{json_path}: segment id {twice} is listed more than once in the segments_info of "
+                        f"{os.path.basename(png)}")
     present = {int(v) for v in np.unique(ids)}
     missing = sorted(present - listed - {VOID})
     if missing:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...data.files import require_folder
+from ...data.files import inside, require_folder
 from ...errors import DataError
 from .io import check_segments, full_gt, read_panoptic_json, read_png_ids
 from .pq import PQStats, average_pq, pq_stats
@@ -58,7 +58,11 @@ def _pairs(pred_json: str, gt_json: str) -> tuple[list[tuple[dict, dict]], list[
     """(gt annotation, pred annotation) for every gt image, and the gt categories."""
     gt = read_panoptic_json(gt_json, need_categories=True)
     pred = read_panoptic_json(pred_json, need_categories=False)
-    by_image = {ann["image_id"]: ann for ann in pred["annotations"]}
+    by_image = {}
+    for i, ann in enumerate(pred["annotations"]):
+        if ann["image_id"] in by_image:
+            raise DataError(f"{pred_json}: annotation {i}: image_id {ann['image_id']} has more than one prediction")
+        by_image[ann["image_id"]] = ann
     pairs = []
     for ann in gt["annotations"]:
         if ann["image_id"] not in by_image:
@@ -68,8 +72,9 @@ def _pairs(pred_json: str, gt_json: str) -> tuple[list[tuple[dict, dict]], list[
 
 
 def _read_pair(gt_ann: dict, pred_ann: dict, paths: dict, category_ids: set) -> tuple[dict, dict]:
-    gt_png = os.path.join(paths["gt_dir"], gt_ann["file_name"])
-    pred_png = os.path.join(paths["pred_dir"], pred_ann["file_name"])
+    gt_png = inside(paths["gt_dir"], gt_ann["file_name"], context=f"{paths['gt_json']}: image {gt_ann['image_id']}")
+    pred_png = inside(paths["pred_dir"], pred_ann["file_name"],
+                      context=f"{paths['pred_json']}: image {pred_ann['image_id']}")
     gt_map, pred_map = read_png_ids(gt_png), read_png_ids(pred_png)
     if gt_map.shape != pred_map.shape:
         raise DataError(f"{pred_png}: size {pred_map.shape[1]}x{pred_map.shape[0]} differs from the ground "
