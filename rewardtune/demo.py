@@ -14,13 +14,15 @@ from .errors import ConfigError
 from .recipes import recipe_dict, recipe_names
 
 
-# The world each demo generates, and what --quick changes (everything tiny: the chain in ~1 minute).
+# The world each demo generates, and what --quick changes (everything tiny: the chain in QUICK_TIME).
 WORLDS = {
     "detection": dict(level="medium", num_train=6000, num_val=256, num_test=64, image_size=64, seed=0),
 }
 QUICK_WORLD = dict(num_train=64, num_val=16, num_test=8)
 # Wall time of the whole chain on 2 CPU cores, measured (docs/results.md); printed when a demo starts.
 MINUTES = {"captioning": 9, "detection": 9, "colorization": 50, "panoptic": 12}
+# `demo detection --quick`, measured: 45 s of wall time on 2 CPU cores shared with a training run.
+QUICK_TIME = "under a minute"
 # What each demo shows, said at the top of its report: tuning pays on some tasks here and not on others.
 NOTES = {
     "captioning": "Captioning is where reward tuning pays on the shapes world: tuning on CIDEr-D raises the held-out "
@@ -33,6 +35,12 @@ NOTES = {
 QUICK_OVERRIDES = ["train.steps=6", "train.batch_size=8", "train.eval_every=3", "train.checkpoint_every=3",
                    "train.log_every=1", "train.warmup_steps=1", "train.eval_images=16", "train.num_samples=2",
                    "model.width=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2"]
+
+
+def demo_tasks() -> list[str]:
+    """The tasks that have a demo: those with both recipes <task>_demo_mle and <task>_demo_tune."""
+    names = recipe_names()
+    return [n[:-len("_demo_mle")] for n in names if n.endswith("_demo_mle") and n[:-3] + "tune" in names]
 
 
 def _stage_config(task: str, stage: str, data_root: str, quick: bool):
@@ -53,7 +61,7 @@ def run_demo(task: str, out: str, quick: bool = False) -> dict:
     data_root = os.path.abspath(os.path.join(out, "data"))
     world = {**WORLDS.get(task, WORLDS["detection"]), **(QUICK_WORLD if quick else {})}
     if d.main:
-        took = "well under a minute" if quick else (f"about {MINUTES[task]} minutes" if task in MINUTES else
+        took = QUICK_TIME if quick else (f"about {MINUTES[task]} minutes" if task in MINUTES else
                                                     "an unmeasured time")
         print(f"rewardtune demo {task}: data, MLE, tuning, eval, analysis and report; on 2 CPU cores this takes "
               f"{took} (re-running the same command resumes)", flush=True)

@@ -1,19 +1,23 @@
-"""`rewardtune score TASK ...`: score standard-format prediction files with the task's metric."""
+"""`rewardtune score TASK ...`: score standard-format prediction files with the task's metric.
+
+What files a task needs and the function that scores them come from the task module's `FILE_SCORER`
+(rewardtune.tasks.base.FileScorer), so a user's task is scored as the built-in ones are.
+"""
 from __future__ import annotations
 
-import importlib
-
 from .errors import UserError
+from .tasks import file_scorer
 
-_NEEDS = {"detection": ("pred", "gt"), "captioning": ("pred", "gt"), "colorization": ("pred", "gt"),
-          "panoptic": ("pred_json", "pred_dir", "gt_json", "gt_dir")}
+
+def option(name: str) -> str:
+    """The command-line option of a scorer's file name: "pred_json" -> "--pred-json"."""
+    return "--" + name.replace("_", "-")
 
 
 def score(task: str, args: dict) -> dict:
-    """Dispatch to the task's `metrics.score_files` / `score_dirs` with the arguments it needs."""
-    missing = [f"--{k.replace('_', '-')}" for k in _NEEDS[task] if not args.get(k)]
+    """Score the files of `args` ({file name: path}, e.g. {"pred": ..., "gt": ...}) with task `task`'s scorer."""
+    scorer = file_scorer(task)
+    missing = [option(name) for name, _ in scorer.files if not args.get(name)]
     if missing:
         raise UserError(f"score {task}: missing {', '.join(missing)}")
-    metrics = importlib.import_module(f"rewardtune.tasks.{task}.metrics")
-    fn = getattr(metrics, "score_dirs" if task == "colorization" else "score_files")
-    return fn(*(args[k] for k in _NEEDS[task]))
+    return scorer.score(*(args[name] for name, _ in scorer.files))

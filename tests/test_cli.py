@@ -88,3 +88,24 @@ def test_user_errors_end_with_one_line_and_exit_code_2(case, demo, tmp_path):
     assert code == 2, lines
     assert len(lines) == 1 and expected in lines[0], lines
     assert not os.path.exists(out) or not os.listdir(out)  # nothing half-written
+
+
+def test_score_takes_a_user_task_module_with_its_own_files(tmp_path, capsys):
+    """`rewardtune score MODULE` for a task the user wrote: its FILE_SCORER names the files and scores them."""
+    pred, gt = tmp_path / "pred.json", tmp_path / "gt.json"
+    pred.write_text(json.dumps({"1": 2, "2": 0, "3": 1}))
+    gt.write_text(json.dumps({"1": 2, "2": 3, "3": 1, "4": 0}))
+    capsys.readouterr()
+    assert main(["score", "toy_task", "--pred", str(pred), "--gt", str(gt)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"accuracy": pytest.approx(2 / 3), "num_images": 3}
+    with pytest.raises(SystemExit) as done:
+        main(["score", "toy_task", "--help"])
+    assert done.value.code == 0
+    assert "--pred PATH" in capsys.readouterr().out
+    for argv, expected in ((["score", "toy_task", "--pred", str(pred)], "score toy_task: missing --gt"),
+                           (["score", "toy_task", "--pred", str(gt), "--gt", str(pred)], "image id 4 is not in"),
+                           (["score", "toy_task_eval_index", "--pred", str(pred)], "offers no file scoring"),
+                           (["score", "no_such_module", "--pred", str(pred)], "unknown task 'no_such_module'")):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], lines

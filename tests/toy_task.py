@@ -1,14 +1,18 @@
 """A tiny task for testing the core alone: count the bright squares in a 16x16 image (0-3).
 
 Tokens: [count, count, end] (two tokens so sequences have some length); vocab 5 (0..3 + end).
+Its prediction files (`rewardtune score toy_task --pred P --gt G`): JSON objects {image id: count}.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
 
 from rewardtune.data.dataset import ImageSplit
-from rewardtune.tasks.base import Task
+from rewardtune.errors import DataError
+from rewardtune.tasks.base import FileScorer, Task
 
 END = 4
 
@@ -57,3 +61,19 @@ def make_task(config, state=None):
     return Task(name="toy", codec=CountCodec(), datasets=datasets, rewards={"accuracy": accuracy_reward},
                 metrics=metrics, write_predictions=lambda o, t, i, d: None,
                 visualize=lambda im, o, t: im, state={"seen": 1}, primary_metric="accuracy")
+
+
+def score_files(pred_path, gt_path):
+    """Accuracy of the predicted counts {image id: count} against the true ones."""
+    with open(pred_path) as f:
+        pred = json.load(f)
+    with open(gt_path) as f:
+        gt = json.load(f)
+    unknown = sorted(set(pred) - set(gt))
+    if unknown:
+        raise DataError(f"{pred_path}: image id {unknown[0]} is not in {gt_path}")
+    return {"accuracy": float(np.mean([pred[k] == gt[k] for k in pred])), "num_images": len(pred)}
+
+
+FILE_SCORER = FileScorer(files=(("pred", "JSON {image id: predicted count}"), ("gt", "JSON {image id: true count}")),
+                         score=score_files)

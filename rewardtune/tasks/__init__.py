@@ -1,4 +1,5 @@
-"""The explicit registry of tasks. A task module exposes `make_task(config, state=None) -> Task`.
+"""The explicit registry of tasks. A task module exposes `make_task(config, state=None) -> Task`
+and, optionally, `FILE_SCORER` (a `FileScorer`: what `rewardtune score TASK` needs and calls).
 
 `state` is the task state saved with a checkpoint (vocabulary, class counts, palette...); when it
 is None the task builds it from the training data.
@@ -6,10 +7,12 @@ is None the task builds it from the training data.
 from __future__ import annotations
 
 import importlib
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import ConfigError
-from .base import Task
+
+if TYPE_CHECKING:  # the registry stays importable without torch (the CLI lists TASKS in its help)
+    from .base import FileScorer, Task
 
 TASKS = {
     "detection": "rewardtune.tasks.detection",
@@ -19,12 +22,25 @@ TASKS = {
 }
 
 
+def task_module(name: str, source: str = "config key 'task'"):
+    """The module of task `name`: a built-in name, or the import path of a user module.
+    `source` says where the name came from, for the error line."""
+    try:
+        return importlib.import_module(TASKS.get(name, name))
+    except ImportError:
+        raise ConfigError(f"{source}: unknown task {name!r} (built in: {', '.join(TASKS)}; "
+                          "or the import path of a module with make_task)") from None
+
+
 def make_task(config, state: Optional[dict] = None) -> Task:
     """Build the task named by `config.task`: a built-in name, or the import path of a user module."""
-    name = TASKS.get(config.task, config.task)
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        raise ConfigError(f"config key 'task': unknown task {config.task!r} (built in: {', '.join(TASKS)}; "
-                          "or the import path of a module with make_task)") from None
-    return module.make_task(config, state)
+    return task_module(config.task).make_task(config, state)
+
+
+def file_scorer(name: str) -> FileScorer:
+    """The `FileScorer` of task `name` (`rewardtune score`); ConfigError if its module offers none."""
+    scorer = getattr(task_module(name, "score"), "FILE_SCORER", None)
+    if scorer is None or not callable(getattr(scorer, "score", None)):
+        raise ConfigError(f"score: task {name!r} offers no file scoring (its module defines no FILE_SCORER, "
+                          "a rewardtune.tasks.base.FileScorer)")
+    return scorer

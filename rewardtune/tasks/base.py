@@ -1,7 +1,8 @@
 """The Task contract: the single seam between the core (model, loop, checkpoints) and a task.
 
 The core never imports a task module directly; it asks `rewardtune.tasks.make_task(config)` and
-then only uses the fields below.
+then only uses the fields below. A task module may also offer `FILE_SCORER`, a `FileScorer`: how
+`rewardtune score TASK` scores prediction files (the core reads it through `rewardtune.tasks.file_scorer`).
 
 Shapes: B = batch of images, N = samples per image, T = tokens, V = vocabulary size.
 """
@@ -91,3 +92,16 @@ class Task:
     calibrate: Optional[Callable[[Any, Sequence[Example], int], "dict[str, float]"]] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints
     primary_metric: str = "score"  # the validation metric that picks the best checkpoint
+
+
+@dataclass
+class FileScorer:
+    """How `rewardtune score TASK --NAME PATH ...` scores prediction files in the task's standard format.
+
+    files: (name, help) of each file or folder it needs, in the order `score` takes them; the name
+    "pred_json" is the option --pred-json. score: (*paths) -> {metric name: number}; a bad file raises
+    `rewardtune.errors.DataError` with one line naming the file and the entry.
+    """
+
+    files: Sequence[tuple[str, str]]
+    score: Callable[..., "dict[str, Any]"]

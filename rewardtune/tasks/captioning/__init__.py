@@ -20,7 +20,7 @@ import torch
 
 from ...config import task_options
 from ...errors import ConfigError, DataError
-from ..base import Task
+from ..base import FileScorer, Task
 from .cider import CiderD, NgramTable, cider_d
 from .codec import CaptionCodec
 from .data import load_split, split_records
@@ -30,6 +30,10 @@ from .viz import visualize
 
 __all__ = ["CaptioningOptions", "CaptionCodec", "CiderD", "NgramTable", "Vocab", "caption_metrics",
            "cider_d", "make_task", "score_files", "tokenize", "tokenize_caption", "write_predictions"]
+
+# `rewardtune score captioning`: the files it reads and the function that scores them
+FILE_SCORER = FileScorer(files=(("pred", "results JSON: [{image_id, caption}]"),
+                                ("gt", "COCO captions JSON (images, annotations with captions)")), score=score_files)
 
 
 @dataclass

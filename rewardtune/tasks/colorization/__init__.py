@@ -18,7 +18,7 @@ import numpy as np
 
 from ...config import task_options
 from ...errors import ConfigError, DataError
-from ..base import Task
+from ..base import FileScorer, Task
 from ...data.files import resize_rgb
 from .codec import ColorCodec, ColorTarget, cell_chroma, gray_uint8, kmeans_palette, render, render_outputs
 from .data import datasets, load_photos, write_predictions
@@ -28,6 +28,10 @@ from .viz import visualize
 
 __all__ = ["ColorizationOptions", "ColorCodec", "ColorTarget", "make_task", "render", "render_outputs",
            "score_dirs", "load_photos", "write_predictions", "learn_palette", "sample_stats"]
+
+# `rewardtune score colorization`: the files it reads and the function that scores them
+FILE_SCORER = FileScorer(files=(("pred", "folder of predicted images (or one holding images/), matched by name"),
+                                ("gt", "folder of the original colour images")), score=score_dirs)
 
 PALETTE_SEED = 0
 

@@ -24,7 +24,7 @@ import numpy as np
 from ...config import task_options
 from ...data.files import write_json_atomic
 from ...errors import ConfigError, DataError
-from ..base import Task
+from ..base import FileScorer, Task
 from .aux import iou_confidence_loss, self_iou_mle_loss
 from .codec import BOX_ORDERS, SCORES, DetectionCodec
 from .data import load_split, read_instances, split_paths, task_state
@@ -34,6 +34,11 @@ from .score_head import calibrate, spearman
 from .viz import visualize
 
 __all__ = ["DetectionOptions", "DetectionCodec", "make_task", "score_files"]
+
+# `rewardtune score detection`: the files it reads and the function that scores them
+FILE_SCORER = FileScorer(files=(("pred", "COCO results JSON: [{image_id, category_id, bbox [x, y, w, h], "
+                                         "score}]"),
+                                ("gt", "COCO instances JSON (images, annotations, categories)")), score=score_files)
 
 
 @dataclass

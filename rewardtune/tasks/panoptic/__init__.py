@@ -12,7 +12,7 @@ import numpy as np
 
 from ...config import task_options
 from ...errors import ConfigError
-from ..base import Task
+from ..base import FileScorer, Task
 from .codec import PanopticCodec
 from .io import categories_of, load_split, read_panoptic_json, split_paths, write_panoptic
 from .metrics import panoptic_metrics, score_files
@@ -21,6 +21,12 @@ from .viz import visualize
 
 __all__ = ["PanopticOptions", "PanopticCodec", "make_task", "pq_image", "pq_batch", "pq_reward",
            "score_files", "panoptic_metrics"]
+
+# `rewardtune score panoptic`: the files it reads and the function that scores them
+FILE_SCORER = FileScorer(files=(("pred_json", "COCO panoptic JSON of the predictions"),
+                                ("pred_dir", "folder of the predicted panoptic PNGs"),
+                                ("gt_json", "COCO panoptic JSON of the ground truth"),
+                                ("gt_dir", "folder of the ground-truth panoptic PNGs")), score=score_files)
 
 
 @dataclass
