@@ -12,19 +12,21 @@ import math
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed
-from .config import Config, save as save_config
+from .config import Config, TrainConfig, save as save_config
 from .errors import ConfigError, UserError
 from .evaluate import evaluate_run, held_out_reward, predict_split
 from .model.encdec import build_model
 from .steps import STEPS, StepContext, resolve_reward
 from .tasks import make_task
+from .tasks.base import Example, Task
 
 
 def batch_positions(step: int, batch: int, rank: int = 0, world: int = 1) -> range:
@@ -179,12 +181,27 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
     return metrics
 
 
+@dataclass
 class _Loop:
-    """Holds the pieces of one stage; `run` is the loop, `_step` one optimisation step."""
+    """The pieces of one stage; `run` is the loop, `_step` one optimisation step, `_validate` one evaluation."""
 
-    def __init__(self, config, run_dir, d, task, model, optimizer, scheduler, state, log, ctx, train_split, val_split):
-        vars(self).update({k: v for k, v in locals().items() if k != "self"})
-        self.cfg = config.train
+    config: Config
+    run_dir: str
+    d: distributed.Dist  # this process's rank, world size and device
+    task: Task
+    model: torch.nn.Module  # the bare model (ctx.wrapped is the one the step differentiates: DDP when K > 1)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    state: dict  # written to every checkpoint's state.json: best_metric, evals_since_best, nonfinite counts...
+    log: MetricsLog
+    ctx: StepContext  # what the step function reads: task, models, reward, reference model
+    train_split: Sequence[Example]
+    val_split: Sequence[Example]
+    cfg: TrainConfig = field(init=False)  # config.train
+    step_fn: Callable = field(init=False)  # the stage's step: STEPS["mle"] or STEPS["reward"]
+
+    def __post_init__(self) -> None:
+        self.cfg = self.config.train
         self.step_fn = STEPS[self.cfg.stage]
 
     def run(self, start: int) -> None:
