@@ -1,4 +1,5 @@
 """The command line end to end on tiny generated data, and what a user sees on bad input."""
+import argparse
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rewardtune.cli import main
+from rewardtune.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,18 @@ def test_quick_demo_leaves_the_documented_layout(demo):
         assert os.path.exists(os.path.join(demo, path)), path
     with open(os.path.join(demo, "tuned", "eval", "val", "metrics.json")) as f:
         assert 0.0 <= json.load(f)["map"] <= 1.0
+
+
+def test_demo_report_shows_cocoevals_minus_one_as_na_under_the_headline_metric(demo):
+    with open(os.path.join(demo, "mle", "eval", "val", "metrics.json")) as f:
+        undefined = [k for k, v in json.load(f).items() if v == -1.0]  # area ranges without objects
+    with open(os.path.join(demo, "report.html"), encoding="utf-8") as f:
+        text = f.read()
+    table = text[text.index('<h2 id="metrics">'):text.index('<h2 id="analysis">')]
+    assert undefined and table.index("<tr><th>map</th>") < table.index("<tr><th>ap50</th>")
+    for name in undefined:
+        assert f"<tr><th>{name}</th><td class='num'>n/a</td><td class='num'>n/a</td><td class='num '></td>" in table
+    assert "-1.0000" not in text
 
 
 def test_rerunning_the_demo_resumes_instead_of_retraining(demo, capsys):
@@ -109,3 +122,33 @@ def test_score_takes_a_user_task_module_with_its_own_files(tmp_path, capsys):
         assert main(argv) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], lines
+
+
+def _subparsers(parser, prefix=()):
+    """(command words, parser) of every subcommand, nested ones (data shapes) included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, (*prefix, name))
+            return
+    yield prefix, parser
+
+
+SUBCOMMANDS = list(_subparsers(build_parser()))
+
+
+@pytest.mark.parametrize("words, parser", SUBCOMMANDS, ids=[" ".join(words) for words, _ in SUBCOMMANDS])
+def test_every_subcommand_help_says_what_it_does_its_choices_and_defaults(words, parser, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*words, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert parser.description and " ".join(parser.description.split()[:6]) in text
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{action.dest} has no help"
+        for choice in action.choices or ():
+            assert choice in text, (action.dest, choice)
+        if not (action.default is None or action.default is False or action.default == []):
+            assert f"(default: {action.default})" in text, action.dest

@@ -16,7 +16,7 @@ from PIL import Image
 
 import toy_task
 from rewardtune.analysis import analyze_run
-from rewardtune.report.html import write_report
+from rewardtune.report.html import metrics_section, write_report
 from test_train_core import toy_mle_and_tuned
 
 EVIL = "<script>alert(1)</script>"
@@ -80,6 +80,23 @@ def test_a_run_without_a_checkpoint_still_gets_a_report(report, tmp_path):
     with open(write_report([mle, str(empty)], str(tmp_path / "r.html"), images=1), encoding="utf-8") as f:
         text = f.read()
     assert "run has no checkpoint yet" in text and text.count('alt="mle ') == 1
+
+
+def test_metrics_table_shows_undefined_values_as_na_and_the_headline_metric_first(tmp_path):
+    """COCOeval's -1 (no objects in that area range) is no number: n/a, and no change computed from it."""
+    runs = []
+    for name, values in (("mle", {"ap50": 0.5, "ap_large": -1.0, "map": 0.25, "ap_small": -1.0}),
+                         ("tuned", {"ap50": 0.75, "ap_large": -1.0, "map": 0.5, "ap_small": 0.125})):
+        folder = tmp_path / name / "eval" / "val"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(values))
+        runs.append(str(tmp_path / name))
+    text = metrics_section(runs, ["mle", "tuned"], ["MLE", "tuned"], primary="map", undefined=[-1.0, -1.0])
+    assert re.findall(r"<tr><th>([^<]*)</th>", text) == ["metric", "map", "ap50", "ap_large", "ap_small"]
+    row = lambda name: re.search(rf"<tr><th>{name}</th>(.*?)</tr>", text).group(1)  # noqa: E731
+    assert row("ap_large") == "<td class='num'>n/a</td><td class='num'>n/a</td><td class='num '></td>"
+    assert row("ap_small") == "<td class='num'>n/a</td><td class='num'>0.1250</td><td class='num '></td>"
+    assert row("map").endswith("<td class='num up'>+0.2500</td>")
 
 
 # --- headless Chromium -----------------------------------------------------------------------------

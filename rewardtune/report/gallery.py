@@ -38,6 +38,7 @@ class Column:
     error: Optional[str] = None  # why the run has no gallery (no checkpoint...)
     primary_metric: Optional[str] = None  # the task's validation metric, when the run could be loaded
     checkpoint: Optional[str] = None  # the checkpoint drawn: the run's standing one (checkpoint.standing)
+    undefined_metric: Optional[float] = None  # the task's value for "nothing to average" (shown as n/a)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def run_column(run_dir: str, label: str, images: int, splits: dict, gallery: Gal
     except UserError as e:
         column.error = str(e)
         return column
-    column.primary_metric = task.primary_metric
+    column.primary_metric, column.undefined_metric = task.primary_metric, task.undefined_metric
     d = config.to_dict()
     key = json.dumps([d.get("task"), d.get("data"), d.get("task_options")], sort_keys=True, default=str)
     if key not in splits:

@@ -64,8 +64,15 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
-def metrics_section(run_dirs: Sequence[str], labels: Sequence[str], stages: Sequence[str]) -> str:
-    """Rows: metrics; columns: runs (RUN/eval/val/metrics.json, else the last val/* of metrics.jsonl)."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_section(run_dirs: Sequence[str], labels: Sequence[str], stages: Sequence[str],
+                    primary: Optional[str] = None, undefined: Optional[Sequence[Optional[float]]] = None) -> str:
+    """Rows: metrics, the task's `primary` one first; columns: runs (RUN/eval/val/metrics.json, else the last
+    val/* of metrics.jsonl). A run's `undefined` value (its task's "nothing to average", e.g. COCOeval's -1)
+    shows as n/a, and no change is computed from it."""
     tables = []
     for run in run_dirs:
         m = _read_json(os.path.join(run, "eval", "val", "metrics.json"))
@@ -76,17 +83,19 @@ def metrics_section(run_dirs: Sequence[str], labels: Sequence[str], stages: Sequ
             m = {**last, "source": "metrics.jsonl (no eval)"} if last else {}
         tables.append(m)
     keys = list(dict.fromkeys(k for m in tables for k in m))
+    keys.sort(key=lambda k: k != primary)  # stable: the primary metric first, the rest as they came
+    undefined = list(undefined or [None] * len(run_dirs))
     if not keys:
         return "<p class='muted'>No run has validation metrics yet (run <code>rewardtune eval RUN</code>).</p>"
     delta = len(run_dirs) == 2
     head = "".join(f"<th>{esc(l)}<br><span class='muted'>{esc(s)}</span></th>" for l, s in zip(labels, stages))
     rows = [f"<tr><th>metric</th>{head}{'<th>change</th>' if delta else ''}</tr>"]
     for k in keys:
-        vals = [m.get(k, "") for m in tables]
-        cells = "".join(f"<td class='num'>{_fmt(v)}</td>" for v in vals)
+        vals = [None if _number(v) and v == u else v for v, u in zip((m.get(k, "") for m in tables), undefined)]
+        cells = "".join(f"<td class='num'>{'n/a' if v is None else _fmt(v)}</td>" for v in vals)
         if delta:
             a, b = vals
-            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+            numeric = _number(a) and _number(b)
             d = b - a if numeric else None
             cls = "" if not d else ("up" if d > 0 else "down")
             cells += f"<td class='num {cls}'>{f'{d:+.4f}' if numeric else ''}</td>"
@@ -94,7 +103,7 @@ def metrics_section(run_dirs: Sequence[str], labels: Sequence[str], stages: Sequ
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _headline(summary: dict) -> str:
+def _headline(summary: dict, undefined: Optional[float] = None) -> str:
     """The analysis numbers of one run: per model and reward, distribution + best-of-N + reranked."""
     ns = sorted({int(n) for per in summary.get("models", {}).values() for s in per.values()
                  for n in s.get("best_of_n", {})})
@@ -113,7 +122,8 @@ def _headline(summary: dict) -> str:
             "most-likely-of-N are exact averages over all N-subsets of each image's samples.</p>")
     ceiling = summary.get("codec_ceiling") or {}
     if ceiling.get("rewards"):
-        cells = ", ".join(f"{esc(k)} {_fmt(v)}" for k, v in ceiling_values(ceiling).items())
+        cells = ", ".join(f"{esc(k)} {'n/a' if _number(v) and v == undefined else _fmt(v)}"
+                          for k, v in ceiling_values(ceiling).items())
         note += f"<p class='muted'>Codec ceiling (the truth encoded and decoded, the most any model can score): {cells}</p>"
     return note + "<table>" + "".join(rows) + "</table>"
 
@@ -131,16 +141,19 @@ def _plot_order(path: str) -> tuple:
 
 
 def analysis_section(run_dirs: Sequence[str], labels: Sequence[str],
-                     primary_metrics: Optional[Sequence[Optional[str]]] = None) -> str:
+                     primary_metrics: Optional[Sequence[Optional[str]]] = None,
+                     undefined: Optional[Sequence[Optional[float]]] = None) -> str:
     """Per run: the analysis (headline table + PNGs) where it ran, else its training curves
-    (training reward or loss, and val/<primary metric>, else every val/ metric)."""
+    (training reward or loss, and val/<primary metric>, else every val/ metric). `undefined`: per run,
+    as in `metrics_section`."""
     parts = []
     primary_metrics = primary_metrics or [None] * len(run_dirs)
-    for run, label, primary in zip(run_dirs, labels, primary_metrics):
+    undefined = undefined or [None] * len(run_dirs)
+    for run, label, primary, missing in zip(run_dirs, labels, primary_metrics, undefined):
         folder = os.path.join(run, "analysis")
         summary = _read_json(os.path.join(folder, "summary.json"))
         pngs = sorted(glob.glob(os.path.join(folder, "*.png")), key=_plot_order)
-        body = _headline(summary) if isinstance(summary, dict) else ""
+        body = _headline(summary, missing) if isinstance(summary, dict) else ""
         body += "".join(img_tag(_png_file(p), os.path.basename(p)) for p in pngs)
         if not any(os.path.basename(p) == "progression.png" for p in pngs):
             records = read_metrics_log(run)
@@ -216,6 +229,8 @@ def write_report(run_dirs: Sequence[str], out_path: str, images: int = 8, note: 
     stages = [{"mle": "MLE", "reward": "tuned"}.get(c.get("train", {}).get("stage"), "?") for c in configs]
     tasks = sorted({str(c.get("task", "?")) for c in configs})
     gallery = build_gallery(run_dirs, labels, images)
+    primary = next((c.primary_metric for c in gallery.columns if c.primary_metric), None)
+    undefined = [c.undefined_metric for c in gallery.columns]
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>rewardtune report: {esc(', '.join(labels))}</title>
@@ -226,11 +241,11 @@ def write_report(run_dirs: Sequence[str], out_path: str, images: int = 8, note: 
 <p><a href="#metrics">metrics</a> &middot; <a href="#analysis">analysis</a> &middot;
 <a href="#budget">budget</a> &middot; <a href="#gallery">gallery</a> &middot; <a href="#configs">configs</a></p>
 <h2 id="metrics">Validation metrics (greedy decoding)</h2>
-{metrics_section(run_dirs, labels, stages)}
+{metrics_section(run_dirs, labels, stages, primary, undefined)}
 <h2 id="analysis">Analysis: sample pools and training curves</h2>
-{analysis_section(run_dirs, labels, [c.primary_metric for c in gallery.columns])}
+{analysis_section(run_dirs, labels, [c.primary_metric for c in gallery.columns], undefined)}
 <h2 id="budget">Budget: validation metric against training images seen</h2>
-{budget_section(run_dirs, labels, configs, next((c.primary_metric for c in gallery.columns if c.primary_metric), None))}
+{budget_section(run_dirs, labels, configs, primary)}
 <h2 id="gallery">Gallery: the same val images, greedy output of each run</h2>
 {gallery_section(gallery)}
 <h2 id="configs">Configs</h2>

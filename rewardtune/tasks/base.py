@@ -92,6 +92,9 @@ class Task:
     calibrate: Optional[Callable[[Any, Sequence[Example], int], "dict[str, float]"]] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints
     primary_metric: str = "score"  # the validation metric that picks the best checkpoint
+    # The value `metrics` gives where a metric has nothing to average (detection: COCOeval's -1 for an
+    # area range without objects), or None; reports show it as n/a, not as a number.
+    undefined_metric: Optional[float] = None
 
 
 @dataclass

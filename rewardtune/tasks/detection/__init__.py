@@ -201,4 +201,5 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         sample_stats=detection_stats,
         state=state,
         primary_metric="map",
+        undefined_metric=-1.0,  # COCOeval's value where an area range holds no objects
     )
