@@ -7,7 +7,6 @@ Where panopticapi would divide by zero (no category counted in a group) the valu
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
