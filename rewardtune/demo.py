@@ -21,7 +21,7 @@ WORLDS = {
 QUICK_WORLD = dict(num_train=64, num_val=16, num_test=8)
 # Wall time of the whole chain on 2 CPU cores, measured (docs/results.md); printed when a demo starts.
 MINUTES = {"captioning": 9, "detection": 9, "colorization": 50, "panoptic": 12}
-# `demo detection --quick`, measured: 45 s of wall time on 2 CPU cores shared with a training run.
+# `demo detection --quick`, measured: 27 s and 45 s of wall time (two runs) on 2 CPU cores shared with a training run.
 QUICK_TIME = "under a minute"
 # What each demo shows, said at the top of its report: tuning pays on some tasks here and not on others.
 NOTES = {

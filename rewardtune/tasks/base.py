@@ -103,7 +103,12 @@ class FileScorer:
 
     files: (name, help) of each file or folder it needs, in the order `score` takes them; the name
     "pred_json" is the option --pred-json. score: (*paths) -> {metric name: number}; a bad file raises
-    `rewardtune.errors.DataError` with one line naming the file and the entry.
+    `rewardtune.errors.DataError` with one line naming the file and the entry. In a task module:
+
+        FILE_SCORER = FileScorer(files=(("pred", "results JSON"), ("gt", "ground-truth JSON")),
+                                 score=score_files)  # score_files(pred_path, gt_path) -> {"accuracy": ...}
+
+    and `rewardtune score mypackage.mytask --pred P --gt G` prints what it returns as JSON.
     """
 
     files: Sequence[tuple[str, str]]
