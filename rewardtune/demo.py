@@ -9,9 +9,14 @@ import json
 import os
 import time
 
+from . import distributed
+from .analysis import analyze_run
 from .config import apply_overrides, from_dict
+from .data.shapes import generate_shapes
 from .errors import ConfigError
 from .recipes import recipe_dict, recipe_names
+from .report.html import write_report
+from .train import train
 
 
 # The world each demo generates, and what --quick changes (everything tiny: the chain in ~1 minute).
@@ -45,9 +50,6 @@ def _stage_config(task: str, stage: str, data_root: str, quick: bool):
 
 def run_demo(task: str, out: str, quick: bool = False) -> dict:
     """Run (or resume) the whole chain; print MLE vs tuned metrics; return them."""
-    from . import distributed
-    from .data.shapes import generate_shapes
-    from .train import train
     t0 = time.time()
     d = distributed.setup()  # under torchrun, only rank 0 writes data, tables and the report
     data_root = os.path.abspath(os.path.join(out, "data"))
@@ -82,8 +84,6 @@ def run_demo(task: str, out: str, quick: bool = False) -> dict:
 
 def _report(out: str, quick: bool, task: str) -> str:
     """Analyse the tuned run's sample pool against its MLE start, then write DIR/report.html."""
-    from .analysis import analyze_run
-    from .report.html import write_report
     print("[5/5] sample-pool analysis and report", flush=True)
     analyze_run(os.path.join(out, "tuned"), init_dir=os.path.join(out, "mle"), samples=20 if quick else 100,
                 images=4 if quick else 16)
