@@ -1,4 +1,4 @@
-"""`rewardtune analyze RUN [--init MLE_RUN]`: the paper's analysis of a run's sample pool (docs/method.md, section 3).
+"""`rewardtune analyze RUN [--init MLE_RUN]`: the paper's analysis of a run's sample pool (docs/method.md#the-papers-analysis).
 
 For the first N val images, draw K samples per image from each model (MLE init and tuned), score
 every sample with every reward of the task, and write:

@@ -24,15 +24,15 @@ WORLDS = {
     "detection": dict(level="medium", num_train=6000, num_val=256, num_test=64, image_size=64, seed=0),
 }
 QUICK_WORLD = dict(num_train=64, num_val=16, num_test=8)
-# Wall time of the whole chain on 2 CPU cores, measured (docs/results.md); printed when a demo starts.
+# Wall time of the whole chain on 2 CPU cores, measured (docs/results.md#demos); printed when a demo starts.
 MINUTES = {"captioning": 9, "detection": 9, "colorization": 50, "panoptic": 12}
 # What each demo shows, said at the top of its report: tuning pays on some tasks here and not on others.
 NOTES = {
     "captioning": "Captioning is where reward tuning pays on the shapes world: tuning on CIDEr-D raises the held-out "
-                  "CIDEr-D of the MLE model it starts from (docs/results.md has the 3-seed benchmark, with its control).",
+                  "CIDEr-D of the MLE model it starts from (docs/results.md#captioning has the 3-seed benchmark, with its control).",
     "detection": "Detection tuning does NOT beat its MLE start in this demo: at this budget REINFORCE with the paper's "
                  "map reward moves the boxes, but ranking them by the IoU-confidence head (or token probability) loses "
-                 "what it gains. The demo shows the full chain and the analysis tools; docs/results.md says what was "
+                 "what it gains. The demo shows the full chain and the analysis tools; docs/results.md#detection says what was "
                  "measured and what the learned box score (task_options.score=learned) changes.",
 }
 QUICK_OVERRIDES = ["train.steps=6", "train.batch_size=8", "train.eval_every=3", "train.checkpoint_every=3",
