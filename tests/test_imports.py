@@ -8,6 +8,8 @@ module: only `rewardtune.tasks` (the registry) and `rewardtune.tasks.base` (the 
 """
 import ast
 import os
+import subprocess
+import sys
 
 import rewardtune
 
@@ -131,3 +133,12 @@ def test_the_core_never_imports_a_task_module():
     leaks = [f"{m} imports {t}" for m, targets in graph.items() if not m.startswith("rewardtune.tasks")
              for t in targets if t.startswith("rewardtune.tasks") and t not in contract]
     assert not leaks, leaks
+
+
+def test_the_cli_call_time_imports_keep_help_free_of_torch():
+    """The reason CALL_TIME_IMPORTS gives for the CLI holds: `rewardtune --help` does not load torch."""
+    code = ("import sys\nfrom rewardtune.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(ROOT)}).stdout
+    assert out.strip().splitlines()[-1] == "False"
