@@ -124,7 +124,7 @@ def sample_vs_reward_time(run: str, images: int = 32, samples: int = 8, seed: in
     to decode and reward them with the run's reward, measured back to back in this process."""
     import torch
     from rewardtune.evaluate import load_run
-    from rewardtune.steps import decode_all, resolve_reward
+    from rewardtune.outputs import decode_all, resolve_reward
     cfg, task, model = load_run(run)
     split = task.datasets()["val"]
     batch, targets, _ = split.batch(list(range(min(images, len(split)))))

@@ -32,7 +32,7 @@ def _detection_benchmark() -> tuple:
 
 
 MODELS = {  # name: (image size, model kwargs, vocab, target tokens, batch)
-    "reference 4.6M (docs/results.md)": (64, dict(stem="patch", patch_size=8, width=192, encoder_depth=4,
+    "reference 4.6M (docs/results.md#speed)": (64, dict(stem="patch", patch_size=8, width=192, encoder_depth=4,
                                               decoder_depth=4, heads=4), 1000, 100, 32),
     "detection benchmark": _detection_benchmark(),
 }

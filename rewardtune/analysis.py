@@ -1,4 +1,4 @@
-"""`rewardtune analyze RUN [--init MLE_RUN]`: the paper's analysis of a run's sample pool (docs/method.md, section 3).
+"""`rewardtune analyze RUN [--init MLE_RUN]`: the paper's analysis of a run's sample pool (docs/method.md#the-papers-analysis).
 
 For the first N val images, draw K samples per image from each model (MLE init and tuned), score
 every sample with every reward of the task, and write:
@@ -19,7 +19,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,10 @@ from . import checkpoint
 from .data.files import write_json_atomic
 from .errors import UserError
 from .evaluate import load_run
+from .metrics_log import read_metrics_log
 from .model.encdec import EncoderDecoder
-from .report import stats
-from .steps import decode_all, resolve_reward
+from .outputs import decode_all, resolve_reward, score_outputs
+from .report import plots, stats
 from .tasks.base import Task
 
 CURVE_POINTS = (1, 10, 100, 1000, 10000)
@@ -46,20 +47,6 @@ class SamplePool:
     rewards: dict = field(default_factory=dict)  # {reward name: (I, K)}
     parts: dict = field(default_factory=dict)  # {"reward/part": (I, K)} per-sample parts of rewards
     greedy: dict = field(default_factory=dict)  # {reward name: (I,)}
-
-
-def score_outputs(rewards: dict, outputs: Sequence[Any], targets: Sequence[Any]) -> tuple[dict, dict]:
-    """Every reward fn of {name: fn} on outputs -> ({name: (n,)}, {"name/part": (n,)} for per-sample parts)."""
-    values, parts = {}, {}
-    for name, fn in rewards.items():
-        result = fn(list(outputs), list(targets))
-        total, named = result if isinstance(result, tuple) else (result, {})
-        values[name] = torch.as_tensor(total, dtype=torch.float64).reshape(-1).cpu().numpy()
-        for part, value in (named or {}).items():
-            value = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
-            if value.numel() == len(outputs) and part != name:
-                parts[f"{name}/{part}"] = value.cpu().numpy()
-    return values, parts
 
 
 @torch.no_grad()
@@ -113,11 +100,6 @@ def codec_ceiling(task: Task, split, indices: Sequence[int], rewards: Optional[d
             "metrics": {name: float(v) for name, v in task.metrics(outputs, targets, ids).items()}}
 
 
-def ceiling_values(ceiling: dict) -> dict:
-    """The codec ceiling flattened for display: rewards by name, metrics as "name (metric)"."""
-    return {**ceiling.get("rewards", {}), **{f"{k} (metric)": v for k, v in ceiling.get("metrics", {}).items()}}
-
-
 def summarize_pool(pool: SamplePool) -> dict:
     """{reward: distribution summary + best-of-N and reranked values and full curves}."""
     out = {}
@@ -142,21 +124,6 @@ def write_samples(pools: dict, path: str) -> None:
                     record.update({name: float(table[row, j]) for name, table in columns.items()})
                     f.write(json.dumps(record, default=str) + "\n")
     os.replace(path + ".tmp", path)
-
-
-def read_metrics_log(run_dir: str) -> list[dict]:
-    """RUN/metrics.jsonl as a list of records ([] when absent); unreadable lines are skipped."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return [r for r in records if isinstance(r, dict)]
 
 
 def _models(run_dir: str, init_dir: Optional[str], checkpoint_name: Optional[str]) -> dict:
@@ -187,7 +154,6 @@ def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100
                 out_dir: Optional[str] = None, seed: int = 0, batch_size: int = 256,
                 checkpoint_name: Optional[str] = None, temperature: float = 1.0) -> dict:
     """Sample, score, summarise and plot a run (and its MLE init); returns the summary written to OUT."""
-    from .report import plots
     if samples < 1 or images < 1 or batch_size < 1:
         raise UserError("analyze: --samples, --images and the batch size must be >= 1")
     t0 = time.time()
@@ -238,5 +204,5 @@ def format_summary(summary: dict) -> str:
     ceiling = summary.get("codec_ceiling")
     if ceiling:
         lines.append("codec ceiling (the truth encoded and decoded): "
-                     + " ".join(f"{k} {v:.3f}" for k, v in ceiling_values(ceiling).items()))
+                     + " ".join(f"{k} {v:.3f}" for k, v in stats.ceiling_values(ceiling).items()))
     return "\n".join(lines)

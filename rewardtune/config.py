@@ -70,7 +70,7 @@ class TrainConfig:
     num_samples: int = 8  # samples per image
     temperature: float = 1.0
     top_k: int = 0  # 0 = full distribution
-    baseline: str = "loo"  # "loo" (leave-one-out, docs/method.md) or "greedy" (self-critical)
+    baseline: str = "loo"  # "loo" (leave-one-out, docs/method.md#two-stages-one-loop) or "greedy" (self-critical)
     aux_weight: float = 1.0  # multiplies the task's auxiliary loss (already weighted by the task)
     kl_weight: float = 0.0  # optional KL to the initial (MLE) model
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops

@@ -9,9 +9,14 @@ import json
 import os
 import time
 
+from . import distributed
+from .analysis import analyze_run
 from .config import apply_overrides, from_dict
+from .data.shapes import generate_shapes
 from .errors import ConfigError
 from .recipes import recipe_dict, recipe_names
+from .report.html import write_report
+from .train import train
 
 
 # The world each demo generates, and what --quick changes (everything tiny: the chain in QUICK_TIME).
@@ -19,17 +24,17 @@ WORLDS = {
     "detection": dict(level="medium", num_train=6000, num_val=256, num_test=64, image_size=64, seed=0),
 }
 QUICK_WORLD = dict(num_train=64, num_val=16, num_test=8)
-# Wall time of the whole chain on 2 CPU cores, measured (docs/results.md); printed when a demo starts.
+# Wall time of the whole chain on 2 CPU cores, measured (docs/results.md#demos); printed when a demo starts.
 MINUTES = {"captioning": 9, "detection": 9, "colorization": 50, "panoptic": 12}
 # `demo detection --quick`, measured: 27 s and 45 s of wall time (two runs) on 2 CPU cores shared with a training run.
 QUICK_TIME = "under a minute"
 # What each demo shows, said at the top of its report: tuning pays on some tasks here and not on others.
 NOTES = {
     "captioning": "Captioning is where reward tuning pays on the shapes world: tuning on CIDEr-D raises the held-out "
-                  "CIDEr-D of the MLE model it starts from (docs/results.md has the 3-seed benchmark, with its control).",
+                  "CIDEr-D of the MLE model it starts from (docs/results.md#captioning has the 3-seed benchmark, with its control).",
     "detection": "Detection tuning does NOT beat its MLE start in this demo: at this budget REINFORCE with the paper's "
                  "map reward moves the boxes, but ranking them by the IoU-confidence head (or token probability) loses "
-                 "what it gains. The demo shows the full chain and the analysis tools; docs/results.md says what was "
+                 "what it gains. The demo shows the full chain and the analysis tools; docs/results.md#detection says what was "
                  "measured and what the learned box score (task_options.score=learned) changes.",
 }
 QUICK_OVERRIDES = ["train.steps=6", "train.batch_size=8", "train.eval_every=3", "train.checkpoint_every=3",
@@ -53,9 +58,6 @@ def _stage_config(task: str, stage: str, data_root: str, quick: bool):
 
 def run_demo(task: str, out: str, quick: bool = False) -> dict:
     """Run (or resume) the whole chain; print MLE vs tuned metrics; return them."""
-    from . import distributed
-    from .data.shapes import generate_shapes
-    from .train import train
     t0 = time.time()
     d = distributed.setup()  # under torchrun, only rank 0 writes data, tables and the report
     data_root = os.path.abspath(os.path.join(out, "data"))
@@ -90,8 +92,6 @@ def run_demo(task: str, out: str, quick: bool = False) -> dict:
 
 def _report(out: str, quick: bool, task: str) -> str:
     """Analyse the tuned run's sample pool against its MLE start, then write DIR/report.html."""
-    from .analysis import analyze_run
-    from .report.html import write_report
     print("[5/5] sample-pool analysis and report", flush=True)
     analyze_run(os.path.join(out, "tuned"), init_dir=os.path.join(out, "mle"), samples=20 if quick else 100,
                 images=4 if quick else 16)

@@ -7,11 +7,11 @@ from typing import Optional, Sequence
 import torch
 
 from . import checkpoint
-
+from .config import load as load_config
 from .data.files import write_json_atomic
 from .errors import UserError
 from .model.encdec import EncoderDecoder, build_model
-from .steps import decode_all
+from .outputs import decode_all
 from .tasks import make_task
 from .tasks.base import Task
 
@@ -64,7 +64,6 @@ def held_out_reward(model: EncoderDecoder, task: Task, split, indices: Sequence[
 def load_run(run_dir: str, checkpoint_name: Optional[str] = None, overrides: Optional[dict] = None):
     """(config, task, model) of a run folder, rebuilt from its config.json and checkpoint
     (`checkpoint_name` 'latest' or 'best'; None: the one that stands for the run, checkpoint.standing)."""
-    from .config import load as load_config
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
         raise UserError(f"{run_dir}: not a run folder (no config.json)")

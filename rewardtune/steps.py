@@ -9,7 +9,6 @@ are normalised by the global token count, so DDP's gradient average equals the 1
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -17,9 +16,9 @@ import numpy as np
 import torch
 
 from . import distributed
-from .errors import ConfigError
 from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
+from .outputs import decode_all
 from .tasks.base import Task
 
 
@@ -79,14 +78,6 @@ def mle_step(ctx: StepContext, images: torch.Tensor, targets: list,
     return loss, {"loss": loss.item(), "target_length": float(lengths.float().mean())}
 
 
-def decode_all(codec, gen, step_log_probs: Optional[torch.Tensor] = None) -> list:
-    """Decode every generated sequence up to its length."""
-    tokens, lengths = gen.tokens.cpu(), gen.lengths.cpu()
-    return [codec.decode(tokens[i, :lengths[i]].tolist(),
-                         None if step_log_probs is None else step_log_probs[i, :lengths[i]])
-            for i in range(tokens.shape[0])]
-
-
 def sample_per_image(ctx: StepContext, images: torch.Tensor, positions: Sequence[int]) -> Generation:
     """N samples of each image, image i drawn from its own generator (keyed by positions[i]), in one
     batched call: the samples do not depend on how the global batch is split over ranks."""
@@ -141,21 +132,3 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
 
 STEPS = {"mle": mle_step, "reward": reward_step}
 
-
-def resolve_reward(task: Task, name: str) -> Callable:
-    """A task reward by name, or any `package.module:function` with the same signature."""
-    if not name:
-        name = next(iter(task.rewards))
-    if name in task.rewards:
-        return task.rewards[name]
-    if ":" not in name:
-        raise ConfigError(f"config key 'train.reward': unknown reward {name!r} for task '{task.name}' "
-                          f"(built in: {', '.join(task.rewards)}; or give package.module:function)")
-    module_name, fn_name = name.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"config key 'train.reward': cannot import {name!r} ({e})") from None
-    if not callable(fn):
-        raise ConfigError(f"config key 'train.reward': {name!r} is not callable")
-    return fn

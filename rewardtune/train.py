@@ -7,7 +7,6 @@ stopped, and K processes compute what one process computes for the same global b
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
@@ -23,8 +22,10 @@ from . import checkpoint, distributed
 from .config import Config, TrainConfig, save as save_config
 from .errors import ConfigError, UserError
 from .evaluate import evaluate_run, held_out_reward, predict_split
+from .metrics_log import MetricsLog
 from .model.encdec import build_model
-from .steps import STEPS, StepContext, resolve_reward
+from .outputs import resolve_reward
+from .steps import STEPS, StepContext
 from .tasks import make_task
 from .tasks.base import Example, Task
 
@@ -81,32 +82,6 @@ def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, 
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2),
                             fused=True)  # one kernel for all parameters (CPU too): ~4x cheaper than per-tensor
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-
-
-class MetricsLog:
-    """RUN/metrics.jsonl: one JSON object per logged step. On resume, lines after the step are dropped."""
-
-    def __init__(self, path: str, resume_step: int, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if enabled and os.path.exists(path):
-            with open(path) as f:
-                kept = [l for l in f if _logged_step(l) <= resume_step]
-            with open(path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(path + ".tmp", path)
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _logged_step(line: str) -> float:
-    """The step of a metrics.jsonl line; inf for a line cut short by a crash (so it is dropped)."""
-    try:
-        return json.loads(line).get("step", 0) if line.endswith("\n") else math.inf
-    except json.JSONDecodeError:
-        return math.inf
 
 
 def _starting_point(config: Config, run_dir: str, init_dir: Optional[str]):

@@ -6,7 +6,7 @@ import torch
 
 from rewardtune.evaluate import held_out_reward, load_run
 from rewardtune.report.html import write_report
-from rewardtune.steps import resolve_reward
+from rewardtune.outputs import resolve_reward
 from rewardtune.train import train
 from test_train_core import records, toy, weights
 

@@ -72,7 +72,7 @@ def test_each_ground_truth_takes_its_best_unclaimed_prediction():
 
 
 def reference_reward(pred, gt, w, dup=0.3):
-    """The paper's rule (docs/method.md) with plain loops."""
+    """The paper's rule (docs/method.md#detection) with plain loops."""
     def iou(a, b):
         ih = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
         iw = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

@@ -1,6 +1,7 @@
 """An in-memory split: images resized to a square uint8 array, targets, ids."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -8,7 +9,15 @@ import torch
 
 from .files import load_rgb, resize_rgb
 from ..errors import DataError
-from ..tasks.base import Example
+
+
+@dataclass
+class Example:
+    """One item of a split: image FloatTensor[3, H, W] in [0, 1], the task target, the image id."""
+
+    image: torch.Tensor
+    target: Any
+    id: Any
 
 
 class ImageSplit:

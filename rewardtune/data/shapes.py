@@ -101,7 +101,7 @@ class WorldLevel:
 
 
 LEVELS: dict[str, WorldLevel] = {
-    # Detection is solved here (see docs/results.md): 32 coordinate bins are exact at 64 px.
+    # Detection is solved here (see docs/results.md#early-worlds): 32 coordinate bins are exact at 64 px.
     "easy": WorldLevel(1, 3, 14, 32, max_overlap=0.0, num_regions=1, texture=0.0,
                        colour_overlap=False, grid=2),
     "medium": WorldLevel(1, 6, 10, 28, max_overlap=0.25, num_regions=2, texture=0.5,
@@ -110,7 +110,7 @@ LEVELS: dict[str, WorldLevel] = {
                           colour_overlap=True, shading=0.3, cluster=0.3),
     # The medium world with more, smaller objects, 40 % of them alpha-blended into the background:
     # an MLE detector finds them but ranks its boxes badly (oracle ranking +9 mAP over token
-    # probability, see docs/results.md): the world where the box score decides the metric.
+    # probability, see docs/results.md#faint-world): the world where the box score decides the metric.
     "faint": WorldLevel(2, 8, 8, 24, max_overlap=0.25, num_regions=2, texture=0.5,
                         colour_overlap=False, shading=0.3, faint=0.4, faint_min=0.12, faint_max=0.35),
     # Meant for 96 or 128 px images (8-15 or 10-20 px shapes).

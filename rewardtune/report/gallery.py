@@ -17,6 +17,8 @@ from PIL import Image
 
 from .. import checkpoint
 from ..errors import UserError
+from ..evaluate import load_run, predict_split
+from ..outputs import score_outputs
 
 MAX_WIDTH = 768  # drawn images wider than this are shrunk (keeps the report small)
 MIN_SIDE = 128  # smaller ones are enlarged by an integer factor (pixels stay sharp)
@@ -89,8 +91,6 @@ def _draw(task, image: np.ndarray, output: Any, target: Any, rewards: dict) -> C
 
 def run_column(run_dir: str, label: str, images: int, splits: dict, gallery: Gallery) -> Column:
     """Greedy-decode the first `images` val images of a run and draw them."""
-    from ..analysis import score_outputs
-    from ..evaluate import load_run, predict_split
     column = Column(label)
     try:
         column.checkpoint = checkpoint.standing(run_dir)

@@ -16,9 +16,10 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
-from ..analysis import ceiling_values, read_metrics_log
+from ..metrics_log import read_metrics_log
 from . import plots
 from .gallery import Gallery, build_gallery
+from .stats import ceiling_values
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1400px;

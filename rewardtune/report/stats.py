@@ -75,3 +75,8 @@ def reward_summary(rewards: np.ndarray, greedy: np.ndarray | None = None) -> dic
     if greedy is not None:
         out["greedy"] = float(np.mean(greedy))
     return out
+
+
+def ceiling_values(ceiling: dict) -> dict:
+    """The codec ceiling of an analysis summary flattened for display: rewards by name, metrics as "name (metric)"."""
+    return {**ceiling.get("rewards", {}), **{f"{k} (metric)": v for k, v in ceiling.get("metrics", {}).items()}}

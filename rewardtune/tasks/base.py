@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
+from ..data.dataset import Example  # what a split holds: part of the contract, defined with the splits
+
 
 class Codec(Protocol):
     """Turns a task target into tokens and any token sequence back into a valid output."""
@@ -50,15 +52,6 @@ MetricsFn = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], "dict[str, f
 # Auxiliary loss on samples: (step_log_probs FloatTensor[B*N, T, V] with grad, tokens LongTensor[B*N, T],
 # outputs, targets) -> scalar tensor (already weighted). Detection's IoU-confidence loss.
 AuxLossFn = Callable[[torch.Tensor, torch.Tensor, Sequence[Any], Sequence[Any]], torch.Tensor]
-
-
-@dataclass
-class Example:
-    """One item of a split: image FloatTensor[3, H, W] in [0, 1], the task target, the image id."""
-
-    image: torch.Tensor
-    target: Any
-    id: Any
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Image captioning (docs/method.md): words out, tuned for CIDEr-D.
+"""Image captioning (docs/method.md#captioning): words out, tuned for CIDEr-D.
 
     make_task(config)          reads the training captions (not the images) for the vocabulary and
                                the CIDEr-D document frequencies

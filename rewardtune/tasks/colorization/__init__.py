@@ -1,4 +1,4 @@
-"""Colorization (docs/method.md): gray image in, colours as palette tokens out, tuned for colorfulness.
+"""Colorization (docs/method.md#colorization): gray image in, colours as palette tokens out, tuned for colorfulness.
 
     make_task(config)            learns the palette from the training images (k-means, seed 0)
     make_task(config, state)     rebuilds the same task from a checkpoint's state {"palette": [[a, b], ...]}

@@ -1,4 +1,4 @@
-"""Object detection (docs/method.md): boxes as tokens, the paper's rewards, COCO metrics.
+"""Object detection (docs/method.md#detection): boxes as tokens, the paper's rewards, COCO metrics.
 
     codec.py    DetectionCodec: boxes <-> [ymin, xmin, ymax, xmax, class, conf] tokens
     rewards.py  class-weighted matching reward ("map"), recall reward, matching helpers
@@ -77,7 +77,7 @@ def detection_options(config) -> DetectionOptions:
 def resolve_score(opts: DetectionOptions, config) -> str:
     """"auto": the learned expected IoU once the conf head is trained (reward stage with the aux
     loss on: task_options.aux_weight and train.aux_weight > 0), else token probability: an MLE
-    model's conf target is always "right", so its conf scores carry no ranking signal (docs/results.md)."""
+    model's conf target is always "right", so its conf scores carry no ranking signal (docs/results.md#medium-world)."""
     if opts.score != "auto":
         return opts.score
     trained = config.train.stage == "reward" and opts.aux_weight > 0 and config.train.aux_weight > 0

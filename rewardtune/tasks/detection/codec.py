@@ -4,13 +4,13 @@ Vocabulary (B = bins, C = classes):
     0 .. B-1            coordinate bins; a coordinate v in [0, 1] -> round(v * (B - 1))
     B .. B+C-1          class tokens (contiguous class index c -> B + c)
     B+C, B+C+1, B+C+2   confidence tokens (no-object, wrong, right); the IoU-confidence loss puts
-                        the soft target (0, 1 - IoU, IoU) over them (docs/method.md)
+                        the soft target (0, 1 - IoU, IoU) over them (docs/method.md#detection)
     B+C+3               end token
 Ground-truth boxes are always encoded with the "right" conf token. The no-object conf token, like
-the end token, ends a sequence (docs/method.md; the paper: "an end token (or the empty-box conf token) ends the
+the end token, ends a sequence (docs/method.md#detection; the paper: "an end token (or the empty-box conf token) ends the
 sequence"); the released big_vision code uses it for padding boxes.
 The decoder reads a "wrong" conf token back as "right" (`read_back`): MLE only ever shows it
-"right", and a box's score must not change the boxes that follow (what it changed: docs/results.md).
+"right", and a box's score must not change the boxes that follow (what it changed: docs/results.md#medium-world).
 """
 from __future__ import annotations
 

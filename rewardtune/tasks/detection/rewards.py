@@ -12,8 +12,8 @@ Choices, settled against the released reward (big_vision
   larger reward scale. The leave-one-out baseline is per image, so this only scales the advantage.
 - Weights `w = 1 / (n + 0.05 * sum n)`, times `C / sum(w)` (mean 1), as big_vision.
 - IoU must be strictly greater than the threshold (`jnp.where(iou > thr, ...)`); all ten thresholds
-  0.50..0.95 are used (big_vision's `f"{thr:0.1f}"` keys collapse them to five: docs/method.md).
-- Matching: The paper's greedy rule (docs/method.md), ground truths visited by index, each taking its highest-IoU
+  0.50..0.95 are used (big_vision's `f"{thr:0.1f}"` keys collapse them to five: docs/method.md#detection).
+- Matching: The paper's greedy rule (docs/method.md#detection), ground truths visited by index, each taking its highest-IoU
   unclaimed prediction (ties: the earlier prediction). big_vision instead keeps, for each
   prediction, only its best ground truth, then lets each ground truth take its best such prediction;
   the two agree except when a prediction's best ground truth is already taken (greedy can still

@@ -1,5 +1,5 @@
 """A learned box score (`task_options.score = "learned"`): a departure from the paper, documented in
-docs/method.md.
+docs/method.md#detection.
 
 The paper ranks boxes by the expected IoU read from the conf tokens; measured here, that head and a
 linear readout of the decoder's last hidden state both rank boxes worse than token probability, while

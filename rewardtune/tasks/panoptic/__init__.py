@@ -1,4 +1,4 @@
-"""Panoptic segmentation tuned for panoptic quality (docs/method.md), scored as panopticapi's `pq_compute`.
+"""Panoptic segmentation tuned for panoptic quality (docs/method.md#panoptic-segmentation), scored as panopticapi's `pq_compute`.
 
 Modules: codec (grid tokens), pq (per-image PQ, the reward), metrics (dataset PQ, file scorer),
 io (COCO panoptic JSON + PNG), maps (id maps), viz (overlays). `make_task` binds them into a Task.
