@@ -73,6 +73,7 @@ def cmd_report(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.shapes import LEVELS
     p = argparse.ArgumentParser(prog="rewardtune", description="Tune vision models with task rewards.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-test", type=int, default=256)
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--level", default="medium")
+    s.add_argument("--level", default="medium", choices=list(LEVELS),
+                   help="the world's difficulty (rewardtune/data/shapes.py, LEVELS); default medium")
     s.set_defaults(fn=cmd_data_shapes)
 
     for name, fn, stage_help in (("pretrain", cmd_pretrain, "MLE pretraining"),
