@@ -315,6 +315,10 @@ def test_bad_arguments_raise_config_error_naming_them(tmp_path):
         WorldLevel(min_objects=5, max_objects=2, min_size=8, max_size=12)
     with pytest.raises(ConfigError, match="max_overlap"):
         dataclasses.replace(LEVELS["medium"], max_overlap=1.5)
+    with pytest.raises(ConfigError, match="long_tail=0.5"):
+        dataclasses.replace(LEVELS["medium"], long_tail=0.5)
+    with pytest.raises(ConfigError, match="confusion=1.5"):
+        dataclasses.replace(LEVELS["misaligned"], confusion=1.5)
     with pytest.raises(ConfigError, match="min_objects=40"):  # cannot fit: fails, does not loop forever
         generate_shapes(str(tmp_path), num_train=1, level=WorldLevel(40, 40, 30, 32))
     assert not os.path.exists(tmp_path / "world.json")
