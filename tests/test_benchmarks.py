@@ -44,3 +44,12 @@ def test_speed_benchmark_counts_attention_flops():
     assert speed.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 3 * forward
     x, w = torch.randn(6, 8), torch.randn(8, 9)
     assert speed.count_flops(lambda: x @ w) == 2 * 6 * 8 * 9
+
+
+def test_confusable_pairs_benchmark_prints_a_row_per_pair():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "confusable_pairs.py"),
+                           "--per-class", "40", "--epochs", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "best possible accuracy 0.750" in proc.stdout
+    for pair in ("| circle / hexagon | 0.", "| square / diamond | 0."):
+        assert pair in proc.stdout, proc.stdout

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -12,8 +13,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from rewardtune.data.shapes import (COLOURS, KINDS, LEVELS, STUFF, WorldLevel, _place, generate_shapes,
-                                    make_scene, shape_mask)
+from rewardtune.data.shapes import (COLOURS, CONFUSABLE, KINDS, LEVELS, STUFF, WorldLevel, _place,
+                                    generate_shapes, kind_frequencies, look_range, make_scene, morph_mask,
+                                    object_mask, shape_mask)
 from rewardtune.data.shapes_captions import counted, describe, join, number, position, relation
 from rewardtune.errors import ConfigError
 
@@ -22,11 +24,12 @@ SPLITS = ("train", "val", "test")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def crowded(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("crowded"))
+@pytest.fixture(scope="module", params=["crowded", "misaligned"])
+def world(tmp_path_factory, request):
+    """A small dataset of each level whose files are checked: occluding shapes, and morphed paired kinds."""
+    out = str(tmp_path_factory.mktemp(request.param))
     summary = generate_shapes(out, num_train=20, num_val=5, num_test=5, image_size=64, seed=3,
-                              level="crowded")
+                              level=request.param)
     return out, summary
 
 
@@ -66,8 +69,8 @@ def test_same_arguments_give_byte_identical_files(tmp_path):
     assert a["images/train/000000000001.png"] != c["images/train/000000000001.png"]
 
 
-def test_layout_ids_and_images(crowded):
-    out, summary = crowded
+def test_layout_ids_and_images(world):
+    out, summary = world
     ids = []
     for split, n in zip(SPLITS, (20, 5, 5)):
         images = load(out, "instances", split)["images"]
@@ -80,12 +83,12 @@ def test_layout_ids_and_images(crowded):
     assert len(set(ids)) == len(ids)  # unique across splits
     with open(os.path.join(out, "world.json")) as f:
         world = json.load(f)
-    assert world["params"] == dataclasses.asdict(LEVELS["crowded"])
-    assert (world["seed"], world["image_size"], world["level"]) == (3, 64, "crowded")
+    assert world["params"] == dataclasses.asdict(LEVELS[summary["level"]])
+    assert (world["seed"], world["image_size"]) == (3, 64)
 
 
-def test_instance_boxes_and_masks_match_panoptic_pixels(crowded):
-    out, _ = crowded
+def test_instance_boxes_and_masks_match_panoptic_pixels(world):
+    out, _ = world
     for split in SPLITS:
         instances, panoptic = load(out, "instances", split), load(out, "panoptic", split)
         by_image = {p["image_id"]: p for p in panoptic["annotations"]}
@@ -104,8 +107,8 @@ def test_instance_boxes_and_masks_match_panoptic_pixels(crowded):
                 (ann["category_id"], ann["bbox"], ann["area"])
 
 
-def test_panoptic_segments_cover_the_png_exactly(crowded):
-    out, _ = crowded
+def test_panoptic_segments_cover_the_png_exactly(world):
+    out, _ = world
     for split in SPLITS:
         panoptic = load(out, "panoptic", split)
         cats = {c["id"]: c for c in panoptic["categories"]}
@@ -123,8 +126,8 @@ def test_panoptic_segments_cover_the_png_exactly(crowded):
 
 
 def test_object_counts_respect_each_level():
-    for name, size in [("easy", 64), ("medium", 64), ("crowded", 64), ("dense", 96), ("faint", 64)]:
-        level = LEVELS[name]
+    for name, level in LEVELS.items():
+        size = 96 if name == "dense" else 64
         counts = [len(make_scene(np.random.default_rng([0, 0, i]), level, size)["things"]) for i in range(25)]
         assert level.min_objects <= min(counts) and max(counts) <= level.max_objects, name
         assert max(counts) > min(counts), name  # the count varies
@@ -151,7 +154,7 @@ def test_occlusion_never_hides_more_than_max_overlap():
     for i in range(20):
         objects, owner = _place(np.random.default_rng([1, 0, i]), level, 64, list(COLOURS))
         visible = np.bincount(owner.ravel() + 1, minlength=len(objects) + 1)[1:]
-        full = np.array([shape_mask(KINDS[k], w, h).sum() for k, _, (_, _, w, h) in objects])
+        full = np.array([object_mask(k, look, w, h).sum() for k, _, (_, _, w, h), look in objects])
         assert (visible >= (1 - level.max_overlap) * full).all()
         occluded += (visible < full).sum()
     assert occluded > 10  # the crowded world does occlude
@@ -177,14 +180,80 @@ def test_every_shape_touches_all_sides_of_its_box():
             for h in range(max(3, int(w / 1.3)), min(34, int(w * 1.3) + 1)):
                 m = shape_mask(kind, w, h)
                 assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any(), (kind, w, h)
+    for pair in CONFUSABLE:  # and every blend of a confusable pair
+        for look in np.linspace(0, 1, 6):
+            for w, h in [(3, 3), (4, 5), (10, 10), (11, 14), (28, 22), (36, 36)]:
+                m = morph_mask(pair, look, w, h)
+                assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any(), (pair, look, w, h)
 
 
-def test_pycocotools_loads_and_ground_truth_scores_ap_one(crowded):
-    out, _ = crowded
+# sha256 (first 16 hex digits) of 4 scenes' images, panoptic ids and (kind, colour, bbox) per level, drawn by
+# the real generator from np.random.default_rng([5, 0, i]) on main at 03baa12, before the misaligned level
+# was added: a new level's options must leave every other level's pixels and annotations as they were.
+BEFORE_MISALIGNED = {"easy": "9a21d00c1ab385c9", "medium": "06e056fe3eb499d8", "crowded": "40b57c748f21d226",
+                     "faint": "8f8087b05440762d", "dense": "89c1a745b4d381d7"}
+
+
+def test_other_levels_draw_what_they_drew_before_the_misaligned_level():
+    for name, expected in BEFORE_MISALIGNED.items():
+        digest = hashlib.sha256()
+        for i in range(4):
+            scene = make_scene(np.random.default_rng([5, 0, i]), LEVELS[name], 96 if name == "dense" else 64)
+            digest.update(scene["image"].tobytes())
+            digest.update(scene["segments"].astype(np.int64).tobytes())
+            digest.update(repr([(t["kind"], t["colour"], t["bbox"]) for t in scene["things"]]).encode())
+            assert all(t["look"] is None for t in scene["things"])
+        assert digest.hexdigest()[:16] == expected, name
+
+
+def misaligned_things(n: int) -> list[dict]:
+    return [t for i in range(n) for t in make_scene(np.random.default_rng([4, 0, i]), LEVELS["misaligned"], 64)["things"]]
+
+
+def test_misaligned_kinds_follow_a_20_to_1_long_tail():
+    level = LEVELS["misaligned"]
+    p = kind_frequencies(level)
+    assert np.isclose(p[0] / p[-1], 20) and np.allclose(p[:-1] / p[1:], 20 ** (1 / 6)) and np.isclose(p.sum(), 1)
+    assert np.allclose(kind_frequencies(LEVELS["medium"]), 1 / len(KINDS))
+    things = misaligned_things(400)
+    counts = np.array([sum(t["kind"] == k for t in things) for k in KINDS])
+    expected = len(things) * p
+    assert len(things) > 1000
+    assert (np.abs(counts - expected) < 4 * np.sqrt(expected * (1 - p)) + 2).all(), (counts, expected.round())
+    assert counts[0] > 10 * counts[-1] > 0  # circles vs hexagons: 20:1 expected, ~26 hexagons here
+
+
+def test_confusable_pairs_differ_only_by_their_look():
+    """Each paired kind's look is drawn in its range; half of each kind's shapes fall in the band both kinds
+    of the pair draw from, where a shape of either kind is drawn with the same pixels."""
+    level, things = LEVELS["misaligned"], misaligned_things(400)
+    a = 1 / (2 - level.confusion)
+    for first, second in CONFUSABLE:
+        assert look_range(level, first) == (0.0, a) and look_range(level, second) == (1 - a, 1.0)
+        for kind in (first, second):
+            low, high = look_range(level, kind)
+            looks = np.array([t["look"] for t in things if t["kind"] == kind])
+            assert len(looks) >= 20 and ((low <= looks) & (looks <= high)).all(), kind
+            in_band = ((1 - a <= looks) & (looks <= a)).mean()
+            sd = np.sqrt(level.confusion * (1 - level.confusion) / len(looks))
+            assert abs(in_band - level.confusion) < 4 * sd, (kind, in_band, len(looks))
+        for look in np.linspace(1 - a, a, 5):  # in the band, the class is not in the pixels
+            assert (object_mask(KINDS.index(first), look, 13, 11) == object_mask(KINDS.index(second), look, 13, 11)).all()
+        for look, kind in [(0.0, first), (1.0, second)]:  # the band's ends are the two kinds themselves
+            m, own = morph_mask((first, second), look, 20, 20), shape_mask(kind, 20, 20)
+            assert (m & own).sum() / (m | own).sum() > 0.9, kind
+        ends = morph_mask((first, second), 0.0, 20, 20) ^ morph_mask((first, second), 1.0, 20, 20)
+        assert ends.sum() >= 20  # ... which differ visibly at 20 px
+    unpaired = {t["kind"] for t in things if t["look"] is None}
+    assert unpaired == set(KINDS) - {k for pair in CONFUSABLE for k in pair}
+
+
+def test_pycocotools_loads_and_ground_truth_scores_ap_one(world):
+    out, summary = world
     coco = COCO(os.path.join(out, "annotations", "instances_train.json"))
     assert sorted(coco.getCatIds()) == list(range(1, len(KINDS) + 1))
     anns = coco.loadAnns(coco.getAnnIds())
-    assert len(anns) >= 20 * LEVELS["crowded"].min_objects
+    assert len(anns) >= 20 * LEVELS[summary["level"]].min_objects
     dets = coco.loadRes([{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
                           "score": 1.0} for a in anns])
     ev = COCOeval(coco, dets, "bbox")
@@ -194,8 +263,8 @@ def test_pycocotools_loads_and_ground_truth_scores_ap_one(crowded):
     assert np.isclose(ev.eval["precision"][0, :, :, 0, -1].mean(), 1.0)  # AP@0.5 over classes
 
 
-def test_captions_five_per_image_and_count_right(crowded):
-    out, _ = crowded
+def test_captions_five_per_image_and_count_right(world):
+    out, _ = world
     captions, instances = load(out, "captions", "train"), load(out, "instances", "train")
     n_objects = {im["id"]: 0 for im in instances["images"]}
     for ann in instances["annotations"]:
@@ -206,7 +275,9 @@ def test_captions_five_per_image_and_count_right(crowded):
     assert set(texts) == set(n_objects)
     for image_id, caps in texts.items():
         assert len(caps) >= 5 and len(set(caps)) == len(caps) and all(caps)
-        assert any(f"there are {number(n_objects[image_id])} shapes" in c for c in caps)
+        n = n_objects[image_id]
+        count = "there is one shape" if n == 1 else f"there are {number(n)} shapes"
+        assert any(count in c for c in caps)
     assert len({c["id"] for c in captions["annotations"]}) == len(captions["annotations"])
     coco = COCO(os.path.join(out, "annotations", "captions_train.json"))  # as captioning loaders read it
     assert all(len(coco.imgToAnns[i]) == 5 for i in n_objects)
@@ -244,6 +315,10 @@ def test_bad_arguments_raise_config_error_naming_them(tmp_path):
         WorldLevel(min_objects=5, max_objects=2, min_size=8, max_size=12)
     with pytest.raises(ConfigError, match="max_overlap"):
         dataclasses.replace(LEVELS["medium"], max_overlap=1.5)
+    with pytest.raises(ConfigError, match="long_tail=0.5"):
+        dataclasses.replace(LEVELS["medium"], long_tail=0.5)
+    with pytest.raises(ConfigError, match="confusion=1.5"):
+        dataclasses.replace(LEVELS["misaligned"], confusion=1.5)
     with pytest.raises(ConfigError, match="min_objects=40"):  # cannot fit: fails, does not loop forever
         generate_shapes(str(tmp_path), num_train=1, level=WorldLevel(40, 40, 30, 32))
     assert not os.path.exists(tmp_path / "world.json")
