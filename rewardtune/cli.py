@@ -111,12 +111,13 @@ def _subcommand(sub, name: str, summary: str, fn, description: str = ""):
 
 
 def _add_demo(sub) -> None:
-    from .demo import QUICK_TIME, demo_tasks
+    from .recipes import QUICK_TIME, demo_tasks  # light: --help must not load torch
     d = _subcommand(sub, "demo", "synthetic data -> MLE -> tune -> eval -> analysis -> report, for one task",
                     cmd_demo, "Generates the shapes world in OUT/data, trains OUT/mle, tunes OUT/tuned from it, "
                     "evaluates both, analyses their sample pools and writes OUT/report.html. Re-running the same "
                     "command resumes stage by stage.")
-    d.add_argument("task", nargs="?", default="detection", choices=demo_tasks(), help="the task")
+    d.add_argument("task", nargs="?", default="captioning", choices=demo_tasks(),
+                   help="the task (captioning: where tuning pays on the shapes world)")
     d.add_argument("--out", default="demo_run", help="folder for the data, the two runs and the report")
     d.add_argument("--quick", action="store_true", help=f"tiny everything: the whole chain in {QUICK_TIME}, to "
                                                         "check that it runs (its numbers mean nothing)")

@@ -14,7 +14,7 @@ from .analysis import analyze_run
 from .config import apply_overrides, from_dict
 from .data.shapes import generate_shapes
 from .errors import ConfigError
-from .recipes import recipe_dict, recipe_names
+from .recipes import QUICK_TIME, demo_tasks, recipe_dict, recipe_names  # noqa: F401 (demo_tasks re-exported)
 from .report.html import write_report
 from .train import train
 
@@ -26,8 +26,6 @@ WORLDS = {
 QUICK_WORLD = dict(num_train=64, num_val=16, num_test=8)
 # Wall time of the whole chain on 2 CPU cores, measured (docs/results.md#demos); printed when a demo starts.
 MINUTES = {"captioning": 9, "detection": 9, "colorization": 50, "panoptic": 12}
-# `demo detection --quick`, measured: 27 s and 45 s of wall time (two runs) on 2 CPU cores shared with a training run.
-QUICK_TIME = "under a minute"
 # What each demo shows, said at the top of its report: tuning pays on some tasks here and not on others.
 NOTES = {
     "captioning": "Captioning is where reward tuning pays on the shapes world: tuning on CIDEr-D raises the held-out "
@@ -40,12 +38,6 @@ NOTES = {
 QUICK_OVERRIDES = ["train.steps=6", "train.batch_size=8", "train.eval_every=3", "train.checkpoint_every=3",
                    "train.log_every=1", "train.warmup_steps=1", "train.eval_images=16", "train.num_samples=2",
                    "model.width=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2"]
-
-
-def demo_tasks() -> list[str]:
-    """The tasks that have a demo: those with both recipes <task>_demo_mle and <task>_demo_tune."""
-    names = recipe_names()
-    return [n[:-len("_demo_mle")] for n in names if n.endswith("_demo_mle") and n[:-3] + "tune" in names]
 
 
 def _stage_config(task: str, stage: str, data_root: str, quick: bool):

@@ -27,3 +27,13 @@ def resolve(name_or_path: str, overrides: list[str] | None = None) -> Config:
 def recipe_dict(name: str) -> dict:
     with open(os.path.join(RECIPE_DIR, name + ".json")) as f:
         return json.load(f)
+
+
+# `demo detection --quick`, measured: 27 s and 45 s of wall time (two runs) on 2 CPU cores shared with a training run.
+QUICK_TIME = "under a minute"
+
+
+def demo_tasks() -> list[str]:
+    """The tasks that have a demo: those with both recipes <task>_demo_mle and <task>_demo_tune."""
+    names = recipe_names()
+    return [n[:-len("_demo_mle")] for n in names if n.endswith("_demo_mle") and n[:-3] + "tune" in names]
