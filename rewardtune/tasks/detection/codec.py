@@ -102,7 +102,7 @@ class DetectionCodec:
 
     def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> dict:
         """Any token sequence -> {"boxes" [k, 4], "classes", "scores", "score_iou", "score_prob",
-        "conf_pos"}, and with `step_log_probs` also "features" [k, F] and "score_learned"; reading stops
+        "conf_pos"}, and for the learned score with `step_log_probs` also "features" [k, F] and "score_learned"; reading stops
         at the end token, a no-object conf or the first malformed group.
 
         `step_log_probs`: FloatTensor[T, V], row t the distribution token t was drawn from. Scores:
@@ -127,11 +127,9 @@ class DetectionCodec:
             "score_prob": score_prob,
             "conf_pos": (starts + 5).astype(np.int64),
         }
-        if step_log_probs is not None:
+        if step_log_probs is not None and self.score == "learned":  # only the learned score reads the features
             out["features"] = box_features(self, groups, starts, step_log_probs.detach().float().cpu())
-            out["score_learned"] = learned_scores(self.score_head, out["features"], score_prob)
-            if self.score == "learned":
-                out["scores"] = out["score_learned"]
+            out["scores"] = out["score_learned"] = learned_scores(self.score_head, out["features"], score_prob)
         return out
 
     def _scores(self, groups: np.ndarray, starts: np.ndarray,
