@@ -5,7 +5,9 @@ every sample with every reward of the task, and write:
 
     OUT/samples.jsonl   one row per sample: {"model", "image", "sample", "log_prob", "<reward>": ...}
     OUT/summary.json    per model and reward: mean, median, top-1 % (p99), greedy, best-of-N and
-                        likelihood-reranked curves (exact, see report/stats.py)
+                        likelihood-reranked curves (exact, see report/stats.py); where the task has a
+                        headroom (Task.headroom: detection), "headroom": per model, what its own
+                        outputs hold before tuning (other rankings, pooled samples, hedged classes)
     OUT/*.png           reward distribution, best-of-N / reranking, reward-risk progression
 
 Samples and greedy outputs are decoded as the reward step decodes them (no step log-probs), so
@@ -19,7 +21,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,41 +49,71 @@ class SamplePool:
     rewards: dict = field(default_factory=dict)  # {reward name: (I, K)}
     parts: dict = field(default_factory=dict)  # {"reward/part": (I, K)} per-sample parts of rewards
     greedy: dict = field(default_factory=dict)  # {reward name: (I,)}
+    # with keep_outputs (for Task.headroom): per image the greedy (tokens, step log-probs) and the K samples
+    # decoded with their step log-probs
+    greedy_steps: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
 
 
 @torch.no_grad()
 def sample_pool(model: EncoderDecoder, task: Task, split, indices: Sequence[int], num_samples: int, *,
                 seed: int = 0, batch_size: int = 256, temperature: float = 1.0,
-                rewards: Optional[dict] = None, bar: Optional[tqdm] = None) -> SamplePool:
+                rewards: Optional[dict] = None, bar: Optional[tqdm] = None, keep_outputs: bool = False) -> SamplePool:
     """Draw and score `num_samples` samples (and the greedy output) for each image split[i], i in indices.
 
-    rewards: {name: reward fn}, default every reward of the task.
+    rewards: {name: reward fn}, default every reward of the task. keep_outputs: also keep what
+    Task.headroom reads (SamplePool.greedy_steps, .outputs); the draws are the same either way.
     """
     reward_fns = rewards if rewards is not None else task.rewards
     model.eval()
     device = next(model.parameters()).device
     indices = list(indices)
     images, targets, ids = split.batch(indices)
-    greedy = model.generate(images.to(device), 1, greedy=True)
+    greedy = model.generate(images.to(device), 1, greedy=True, return_step_log_probs=keep_outputs)
     greedy_rewards, _ = score_outputs(reward_fns, decode_all(task.codec, greedy), targets)
-    log_probs, rewards, parts = [], {}, {}
+    greedy_steps = _steps(greedy) if keep_outputs else []
+    log_probs, rewards, parts, kept = [], {}, {}, []
     for row, (i, target) in enumerate(zip(indices, targets)):
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(i))
         image = images[row:row + 1].to(device)
         chunks = []
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            gen = model.generate(image, n, temperature=temperature, generator=generator)
+            gen = model.generate(image, n, temperature=temperature, generator=generator,
+                                 return_step_log_probs=keep_outputs)
             values, named = score_outputs(reward_fns, decode_all(task.codec, gen), [target] * n)
-            chunks.append((gen.log_probs.double().cpu().numpy(), values, named))
+            chunks.append((gen.log_probs.double().cpu().numpy(), values, named,
+                           [task.codec.decode(t, lp) for t, lp in _steps(gen)] if keep_outputs else []))
             if bar is not None:
                 bar.update(n)
         log_probs.append(np.concatenate([c[0] for c in chunks]))
+        kept.append([o for c in chunks for o in c[3]])
         for store, k in ((rewards, 1), (parts, 2)):
             for name in chunks[0][k]:
                 store.setdefault(name, []).append(np.concatenate([c[k][name] for c in chunks]))
     stack = lambda d: {name: np.stack(rows) for name, rows in d.items()}  # noqa: E731
-    return SamplePool(list(ids), np.stack(log_probs), stack(rewards), stack(parts), greedy_rewards)
+    return SamplePool(list(ids), np.stack(log_probs), stack(rewards), stack(parts), greedy_rewards,
+                      greedy_steps, kept if keep_outputs else [])
+
+
+def _steps(gen) -> list:
+    """Per sequence of a Generation with step log-probs: (tokens LongTensor[T_i], FloatTensor[T_i, V]) on the CPU."""
+    tokens, lengths, lp = gen.tokens.cpu(), gen.lengths.cpu(), gen.step_log_probs.float().cpu()
+    return [(tokens[i, :lengths[i]], lp[i, :lengths[i]]) for i in range(tokens.shape[0])]
+
+
+def pool_headroom(task: Task, pool: SamplePool, targets: Sequence[Any]) -> Optional[dict]:
+    """The task's headroom before tuning (Task.headroom) on a pool sampled with keep_outputs; None
+    when the task has none."""
+    if task.headroom is None or not pool.greedy_steps:
+        return None
+    return task.headroom(pool.greedy_steps, pool.outputs, list(targets), list(pool.ids))
+
+
+def format_headroom(headroom: dict) -> str:
+    """name value pairs on one line: numbers to 3 decimals, text as it is."""
+    return " ".join(f"{k} {v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k} {v}"
+                    for k, v in headroom.items())
 
 
 def codec_ceiling(task: Task, split, indices: Sequence[int], rewards: Optional[dict] = None) -> dict:
@@ -172,8 +204,13 @@ def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100
         bar.set_postfix(model=label)
         pools[label] = sample_pool(model.to(device), model_task, split, indices, samples, seed=seed,
                                    batch_size=batch_size, temperature=temperature,
-                                   rewards=_reward_fns(model_task, config.train.reward), bar=bar)
+                                   rewards=_reward_fns(model_task, config.train.reward), bar=bar,
+                                   keep_outputs=model_task.headroom is not None)
     bar.close()
+    headroom = {label: pool_headroom(models[label][3], pool, [split.targets[i] for i in indices])
+                for label, pool in pools.items()}
+    for pool in pools.values():  # the decoded outputs are not needed past here
+        pool.greedy_steps, pool.outputs = [], []
     ceiling = codec_ceiling(task, split, indices, _reward_fns(task, config.train.reward))
     rewards = list(pools[list(pools)[-1]].rewards)
     primary = config.train.reward if config.train.reward in rewards else rewards[0]
@@ -184,6 +221,8 @@ def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100
                "checkpoints": {label: [os.path.abspath(m[0]), m[1]] for label, m in models.items()},
                "models": {label: summarize_pool(pool) for label, pool in pools.items()},
                "codec_ceiling": ceiling}
+    if any(h is not None for h in headroom.values()):
+        summary["headroom"] = {label: h for label, h in headroom.items() if h is not None}
     write_samples(pools, os.path.join(out_dir, "samples.jsonl"))
     plots.analysis_plots(summary, pools, read_metrics_log(run_dir), out_dir)
     summary["time_s"] = round(time.time() - t0, 2)
@@ -205,4 +244,6 @@ def format_summary(summary: dict) -> str:
     if ceiling:
         lines.append("codec ceiling (the truth encoded and decoded): "
                      + " ".join(f"{k} {v:.3f}" for k, v in stats.ceiling_values(ceiling).items()))
+    for label, headroom in summary.get("headroom", {}).items():
+        lines.append(f"headroom ({label}): {format_headroom(headroom)}")
     return "\n".join(lines)

@@ -5,9 +5,11 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from rewardtune.analysis import _reward_fns, analyze_run, codec_ceiling, sample_pool
+from rewardtune.analysis import (_reward_fns, analyze_run, codec_ceiling, format_summary, pool_headroom,
+                                 sample_pool)
 from rewardtune.evaluate import load_run, predict_split
 from rewardtune.report.stats import best_of_n_curve, rerank_curve, reward_summary, top_of_subset_weights
 from test_train_core import toy, toy_mle_and_tuned
@@ -129,3 +131,32 @@ def test_the_user_reward_a_run_was_tuned_on_is_analysed_with_the_task_rewards():
     fns = _reward_fns(toy_task.make_task(toy()), "toy_task:accuracy_reward")
     assert list(fns) == ["accuracy", "toy_task:accuracy_reward"]
     assert _reward_fns(toy_task.make_task(toy()), "accuracy").keys() == {"accuracy"}
+
+
+def test_the_task_headroom_reads_the_pools_own_draws_with_their_step_log_probs(toy_runs):
+    _, tuned = toy_runs
+    _, task, model = load_run(tuned)
+    seen = {}
+
+    def record(greedy, samples, targets, ids):
+        seen.update(greedy=greedy, samples=samples, targets=targets, ids=ids)
+        return {"samples": float(len(samples[0])), "what": "text"}
+    split = task.datasets()["val"]
+    plain = sample_pool(model, task, split, range(3), 6, seed=2, batch_size=4)
+    assert pool_headroom(task, plain, split.targets[:3]) is None  # the toy task has no headroom
+    task.headroom = record
+    pool = sample_pool(model, task, split, range(3), 6, seed=2, batch_size=4, keep_outputs=True)
+    np.testing.assert_array_equal(pool.log_probs, plain.log_probs)  # the same draws
+    np.testing.assert_array_equal(pool.rewards["accuracy"], plain.rewards["accuracy"])
+    assert pool_headroom(task, pool, split.targets[:3]) == {"samples": 6.0, "what": "text"}
+    assert seen["ids"] == split.ids[:3] and seen["targets"] == split.targets[:3]
+    outputs, _, _ = predict_split(model, task, split, range(3))
+    for (tokens, lp), output in zip(seen["greedy"], outputs):
+        assert lp.shape == (len(tokens), task.codec.vocab_size) and tokens[-1] == task.codec.end_token
+        assert torch.allclose(lp.logsumexp(-1), torch.zeros(len(tokens)), atol=1e-5)  # log-distributions
+        assert task.codec.decode(tokens.tolist()) == output
+    decoded = np.array([[o == t for o in row] for row, t in zip(seen["samples"], split.targets[:3])], np.float64)
+    np.testing.assert_array_equal(decoded, pool.rewards["accuracy"])  # the samples the rewards scored
+    line = format_summary({"samples": 6, "images": 3, "task": "toy", "models": {},
+                           "headroom": {"tuned": {"samples": 6.0, "what": "text"}}})
+    assert "headroom (tuned): samples 6.000 what text" in line

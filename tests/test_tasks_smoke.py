@@ -69,3 +69,23 @@ def test_mle_and_reward_steps_then_score(task, world, tmp_path, capsys):
     for key, value in metrics.items():
         if key in scored:
             assert scored[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_detection_analyze_prints_saves_and_reports_the_headroom(world, tmp_path, capsys):
+    from rewardtune.analysis import analyze_run
+    from rewardtune.report.html import write_report
+    mle = str(tmp_path / "mle")
+    train(config("detection", "mle", world, "train.steps=3", "train.lr=3e-3"), mle)
+    capsys.readouterr()
+    summary = analyze_run(mle, samples=5, images=3, out_dir=str(tmp_path / "analysis"), seed=1, batch_size=4)
+    headroom = summary["headroom"]["mle"]
+    assert {"greedy_map", "greedy_map_by_token_prob", "greedy_map_by_oracle_iou", "pooled_map_1", "pooled_map_4",
+            "pooled_map_5", "hedged_map"} <= set(headroom)
+    assert all(0 <= v <= 1 for k, v in headroom.items() if k != "greedy_score")
+    assert "headroom (mle): greedy_map" in capsys.readouterr().out
+    with open(tmp_path / "analysis" / "summary.json") as f:
+        assert json.load(f)["headroom"] == summary["headroom"]
+    os.replace(tmp_path / "analysis", os.path.join(mle, "analysis"))
+    with open(write_report([mle], str(tmp_path / "report.html"), images=2)) as f:
+        page = f.read()
+    assert "Headroom before tuning" in page and "<th>pooled_map_5</th>" in page

@@ -129,6 +129,24 @@ def _headline(summary: dict, undefined: Optional[float] = None) -> str:
     return note + "<table>" + "".join(rows) + "</table>"
 
 
+HEADROOM_NOTE = ("Headroom before tuning, on the analysed val images: the greedy outputs under other rankings "
+                 "(an oracle's among them), the pooled samples of each image (pooled_&lt;n&gt;: the first n samples), "
+                 "hedged outputs; the task's docs say how each is built.")
+
+
+def _headroom(summary: dict) -> str:
+    """The task's headroom per model (summary["headroom"], from Task.headroom): rows names, columns models."""
+    per_model = summary.get("headroom") or {}
+    if not isinstance(per_model, dict) or not per_model:
+        return ""
+    names = list(dict.fromkeys(k for h in per_model.values() for k in h))
+    rows = ["<tr><th>headroom</th>" + "".join(f"<th>{esc(label)}</th>" for label in per_model) + "</tr>"]
+    for name in names:
+        cells = "".join(f"<td class='num'>{_fmt(h.get(name, ''))}</td>" for h in per_model.values())
+        rows.append(f"<tr><th>{esc(name)}</th>{cells}</tr>")
+    return f"<p class='muted'>{HEADROOM_NOTE}</p><table>" + "".join(rows) + "</table>"
+
+
 def _png_file(path: str) -> str:
     with open(path, "rb") as f:
         return base64.b64encode(f.read()).decode("ascii")
@@ -154,7 +172,7 @@ def analysis_section(run_dirs: Sequence[str], labels: Sequence[str],
         folder = os.path.join(run, "analysis")
         summary = _read_json(os.path.join(folder, "summary.json"))
         pngs = sorted(glob.glob(os.path.join(folder, "*.png")), key=_plot_order)
-        body = _headline(summary, missing) if isinstance(summary, dict) else ""
+        body = _headline(summary, missing) + _headroom(summary) if isinstance(summary, dict) else ""
         body += "".join(img_tag(_png_file(p), os.path.basename(p)) for p in pngs)
         if not any(os.path.basename(p) == "progression.png" for p in pngs):
             records = read_metrics_log(run)

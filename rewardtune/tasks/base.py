@@ -83,6 +83,12 @@ class Task:
     # process only); it updates `state`, so the checkpoint saved after carries it. Must not draw from
     # the global RNGs (resume stays exact).
     calibrate: Optional[Callable[[Any, Sequence[Example], int], "dict[str, float]"]] = None
+    # Optional headroom before tuning, reported by `rewardtune analyze`: (greedy, samples, targets, ids) ->
+    # {name: number or text}. greedy[i]: (tokens LongTensor[T_i], step_log_probs FloatTensor[T_i, V]) of image
+    # i's greedy output; samples[i]: its K samples, each decoded with its step log-probs. Detection: mAP of
+    # the greedy boxes under other rankings (an oracle's among them), of pooled samples, of hedged classes.
+    headroom: Optional[Callable[[Sequence[tuple], Sequence[Sequence[Any]], Sequence[Any], Sequence[Any]],
+                                "dict[str, Any]"]] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints
     primary_metric: str = "score"  # the validation metric that picks the best checkpoint
     # The value `metrics` gives where a metric has nothing to average (detection: COCOeval's -1 for an

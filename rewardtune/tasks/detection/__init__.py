@@ -3,6 +3,7 @@
     codec.py    DetectionCodec: boxes <-> [ymin, xmin, ymax, xmax, class, conf] tokens
     rewards.py  class-weighted matching reward ("map"), recall reward, matching helpers
     aux.py      the IoU-confidence loss on sampled boxes
+    headroom.py the headroom before tuning (`rewardtune analyze`): oracle ranking, pooled samples, hedging
     score_head.py  the learned box score (task_options.score = "learned"), fitted on the model's own boxes
     metrics.py  pycocotools COCOeval metrics; COCO results files
     data.py     COCO instances loader with validation
@@ -27,6 +28,7 @@ from ...errors import ConfigError, DataError
 from ..base import FileScorer, Task
 from .aux import iou_confidence_loss, self_iou_mle_loss
 from .codec import BOX_ORDERS, SCORES, DetectionCodec
+from .headroom import headroom
 from .data import load_split, read_instances, split_paths, task_state
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
 from .rewards import class_weights, detection_stats, iou_conf_targets, map_reward, recall_reward
@@ -195,6 +197,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         visualize=partial(visualize, names=[c["name"] for c in categories]),
         aux_loss=aux,
         mle_loss=partial(self_iou_mle_loss, codec=codec) if opts.mle_conf == "self_iou" else None,
+        headroom=partial(headroom, codec=codec, metrics=partial(_metrics, categories=categories)),
         calibrate=(partial(_calibrate, codec=codec, state=state, opts=opts)
                    if codec.score == "learned" else None),
         target_for_image=target_for_image,
