@@ -71,6 +71,12 @@ class TrainConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0 = full distribution
     baseline: str = "loo"  # "loo" (leave-one-out, docs/method.md#two-stages-one-loop) or "greedy" (self-critical)
+    # "sequence" (the paper): every token of a sample gets its advantage. "token" (a departure, credit.py,
+    # docs/method.md): each item's tokens (detection: a box's six) get that item's own contribution to the
+    # reward minus the mean contribution of the items of the image's other samples; the end token keeps
+    # the sample's advantage. Needs the loo baseline, a task with Task.item_tokens and a reward that splits
+    # by item (detection's "map").
+    credit: str = "sequence"
     aux_weight: float = 1.0  # multiplies the task's auxiliary loss (already weighted by the task)
     kl_weight: float = 0.0  # optional KL to the initial (MLE) model
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
@@ -94,6 +100,7 @@ _CHOICES = {
     "train.stage": ("mle", "reward"),
     "train.schedule": ("cosine", "constant"),
     "train.baseline": ("loo", "greedy"),
+    "train.credit": ("sequence", "token"),
 }
 _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encoder_depth",
              "model.decoder_depth", "model.heads", "train.steps", "train.batch_size", "train.lr",
@@ -187,6 +194,9 @@ def validate(config: Config) -> None:
                           f"{config.model.width}")
     if config.train.stage == "reward" and config.train.num_samples < 2:
         raise ConfigError("config key 'train.num_samples': the leave-one-out baseline needs >= 2 samples")
+    if config.train.credit == "token" and config.train.baseline != "loo":
+        raise ConfigError(f"config key 'train.credit': 'token' needs train.baseline 'loo' (its baseline is the "
+                          f"other samples' items), got train.baseline {config.train.baseline!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -31,6 +31,32 @@ def reinforce_loss(seq_log_probs: torch.Tensor, advantages: torch.Tensor) -> tor
     return -(advantages.detach() * seq_log_probs).mean()
 
 
+def item_leave_one_out_advantage(contributions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """A_jk = c_jk - the mean contribution of the items of the other N - 1 samples of the same input
+    (0 when they have none), 0 where there is no item: (B, N, K), bool (B, N, K) -> (B, N, K)."""
+    c = torch.where(valid, contributions, torch.zeros_like(contributions))
+    total, count = c.sum(-1), valid.sum(-1).to(c.dtype)  # (B, N)
+    others, other_count = total.sum(-1, keepdim=True) - total, count.sum(-1, keepdim=True) - count
+    baseline = torch.where(other_count > 0, others / other_count.clamp(min=1), torch.zeros_like(others))
+    return torch.where(valid, c - baseline[..., None], torch.zeros_like(c))
+
+
+def token_reinforce_loss(step_log_probs: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                         advantages: torch.Tensor) -> torch.Tensor:
+    """-mean over sequences of sum_t stop_grad(A_t) * log P(y_t | y_<t, x), over each sequence's tokens up to
+    its end token: (B, T, V), (B, T), (B,), (B, T) -> scalar.
+
+    Normalised as reinforce_loss (a sum over a sequence's tokens, a mean over sequences), so that a
+    sequence's advantage on every one of its tokens gives exactly reinforce_loss, and the policy
+    gradient keeps its scale against the auxiliary loss, the KL term and gradient clipping (a mean over
+    tokens would shrink it by the mean length). Under DDP every rank holds as many sequences
+    (train.batch_size divides evenly), so the ranks' average is the global mean, as for reinforce_loss.
+    """
+    chosen = step_log_probs.gather(-1, tokens[..., None])[..., 0]  # (B, T)
+    mask = valid_mask(lengths, chosen.shape[1]).to(chosen.dtype)
+    return -(advantages.detach() * chosen * mask).sum() / max(chosen.shape[0], 1)
+
+
 def kl_to_reference(step_log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
                     lengths: torch.Tensor) -> torch.Tensor:
     """Mean over valid tokens of KL(policy || reference) per position: (B, T, V) x2, (B,) -> scalar."""

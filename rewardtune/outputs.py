@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .errors import ConfigError
-from .tasks.base import Task
+from .tasks.base import ITEM_PART, Task
 
 
 def decode_all(codec, gen, step_log_probs: Optional[torch.Tensor] = None) -> list:
@@ -53,6 +53,6 @@ def score_outputs(rewards: dict, outputs: Sequence[Any], targets: Sequence[Any])
         values[name] = torch.as_tensor(total, dtype=torch.float64).reshape(-1).cpu().numpy()
         for part, value in (named or {}).items():
             value = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
-            if value.numel() == len(outputs) and part != name:
+            if value.numel() == len(outputs) and part not in (name, ITEM_PART):
                 parts[f"{name}/{part}"] = value.cpu().numpy()
     return values, parts

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from . import distributed
-from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss
+from .credit import token_advantages
+from .errors import ConfigError
+from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss, token_reinforce_loss
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .outputs import decode_all
-from .tasks.base import Task
+from .tasks.base import ITEM_PART, Task
 
 
 @dataclass
@@ -89,7 +91,8 @@ def sample_per_image(ctx: StepContext, images: torch.Tensor, positions: Sequence
 
 def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
                 positions: Sequence[int]) -> tuple[torch.Tensor, dict]:
-    """REINFORCE with a leave-one-out (or greedy) baseline, plus the task's auxiliary loss."""
+    """REINFORCE with a leave-one-out (or greedy) baseline, plus the task's auxiliary loss. With
+    train.credit = "token", each item's tokens get the item's own advantage (credit.py)."""
     cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
     gen = sample_per_image(ctx, images, positions)
     outputs = decode_all(task.codec, gen)
@@ -104,8 +107,12 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
         advantages = leave_one_out_advantage(rewards)
     tokens, lengths = gen.tokens, gen.lengths
     step_lp = ctx.model(images, tokens, n)  # (B*N, T, V)
-    seq_lp = sequence_log_probs(step_lp, tokens, lengths)
-    loss = reinforce_loss(seq_lp, advantages.flatten().to(seq_lp.device))
+    if cfg.credit == "token":
+        per_token = token_advantages(task, outputs, parts, advantages, lengths, tokens.shape[1], cfg.reward)
+        loss = token_reinforce_loss(step_lp, tokens, lengths, per_token.to(step_lp.device))
+    else:
+        seq_lp = sequence_log_probs(step_lp, tokens, lengths)
+        loss = reinforce_loss(seq_lp, advantages.flatten().to(seq_lp.device))
     logs = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "reward_max": float(rewards.max()),
             "all_equal_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
@@ -123,6 +130,8 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
         loss = loss + cfg.kl_weight * kl
         logs["kl"] = kl.item()
     for name, value in (parts or {}).items():
+        if name == ITEM_PART:  # per item, not per sample
+            continue
         logs[f"reward_{name}"] = float(torch.as_tensor(value, dtype=torch.float32).mean())
     if task.sample_stats is not None:
         logs.update({k: float(v) for k, v in task.sample_stats(outputs, repeated).items()})

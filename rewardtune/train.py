@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .config import Config, TrainConfig, save as save_config
+from .credit import check_credit
 from .errors import ConfigError, UserError
 from .evaluate import evaluate_run, held_out_reward, predict_split
 from .metrics_log import MetricsLog
@@ -109,6 +110,7 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
         raise UserError(f"{resume or init}: checkpoint is for task '{source['state'].get('task')}', "
                         f"not '{config.task}'")
     task = make_task(config, source["state"]["task_state"] if source else None)
+    check_credit(task, cfg)
     splits = task.datasets()
     train_split, val_split = splits["train"], splits["val"]
     for name, split in (("train", train_split), ("val", val_split)):

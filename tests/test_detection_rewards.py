@@ -19,7 +19,7 @@ def det(boxes, classes):
 
 def reward(pred, gt, weights=W):
     r, parts = map_reward([pred], [gt], weights)
-    return float(r[0]), {k: float(v[0]) for k, v in parts.items()}
+    return float(r[0]), {k: float(v[0]) for k, v in parts.items() if v.dim() == 1}
 
 
 def test_class_weights_mean_one_and_rare_classes_worth_more():
@@ -113,9 +113,10 @@ def test_batched_reward_equals_reference_loops():
         return det(b[keep], c[keep])
     gts = [det(ordered(rng.choice(grid, (m, 4))), rng.integers(0, 2, m)) for m in rng.integers(0, 6, 80)]
     preds = [prediction(g) for g in gts]
-    r, _ = map_reward(preds, gts, W)
+    r, parts = map_reward(preds, gts, W)
     expected = [reference_reward(p, g, W) for p, g in zip(preds, gts)]
     np.testing.assert_allclose(r.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parts["per_item"].sum(1).numpy(), expected, rtol=1e-5, atol=1e-6)  # boxes' shares
     assert len(set(np.round(expected, 4))) > 5  # the cases are not all alike
 
 

@@ -89,3 +89,17 @@ def test_detection_analyze_prints_saves_and_reports_the_headroom(world, tmp_path
     with open(write_report([mle], str(tmp_path / "report.html"), images=2)) as f:
         page = f.read()
     assert "Headroom before tuning" in page and "<th>pooled_map_5</th>" in page
+
+
+def test_detection_reward_steps_with_per_box_credit(world, tmp_path):
+    from rewardtune.errors import ConfigError
+    mle, tuned = str(tmp_path / "mle"), str(tmp_path / "tuned")
+    train(config("detection", "mle", world, "train.steps=2", "train.lr=3e-3"), mle, evaluate_at_end=False)
+    train(config("detection", "reward", world, "train.steps=2", "train.num_samples=3", "train.reward=map",
+                 "train.credit=token"), tuned, init_dir=mle, evaluate_at_end=False)
+    before, after = weights(mle), weights(tuned)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "token-credit steps left the parameters unchanged"
+    assert len(losses(tuned, "train/pg_loss")) == 2 and not losses(tuned, "train/reward_per_item")
+    with pytest.raises(ConfigError, match="reward 'recall' does not"):  # recall does not split over boxes
+        train(config("detection", "reward", world, "train.steps=1", "train.num_samples=3", "train.reward=recall",
+                     "train.credit=token"), str(tmp_path / "recall"), init_dir=mle, evaluate_at_end=False)

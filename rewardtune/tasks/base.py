@@ -46,6 +46,11 @@ class Codec(Protocol):
 # Pure: no I/O, no globals, no randomness. `targets[i]` is the target of `outputs[i]`.
 RewardFn = Callable[[Sequence[Any], Sequence[Any]], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
+# The reward part that splits a reward over the items of each output (detection: its boxes), read when
+# train.credit = "token": FloatTensor[S, K], item k's contribution to output s's reward (an output's
+# contributions sum to its reward), 0 past its items. Rewards that do not split by item leave it out.
+ITEM_PART = "per_item"
+
 # Metrics over a split: (outputs, targets, ids) -> {name: float}, as the field's reference tool.
 MetricsFn = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], "dict[str, float]"]
 
@@ -89,6 +94,9 @@ class Task:
     # the greedy boxes under other rankings (an oracle's among them), of pooled samples, of hedged classes.
     headroom: Optional[Callable[[Sequence[tuple], Sequence[Sequence[Any]], Sequence[Any], Sequence[Any]],
                                 "dict[str, Any]"]] = None
+    # Optional, for train.credit = "token": output -> int64[k, 2], the [start, stop) token positions of each of
+    # its k items, in the order of the reward's ITEM_PART. Detection: each box's six tokens.
+    item_tokens: Optional[Callable[[Any], np.ndarray]] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints
     primary_metric: str = "score"  # the validation metric that picks the best checkpoint
     # The value `metrics` gives where a metric has nothing to average (detection: COCOeval's -1 for an

@@ -165,6 +165,12 @@ def target_for_image(image: np.ndarray) -> dict:
             "width": int(image.shape[1]), "height": int(image.shape[0]), "annotations": []}
 
 
+def box_tokens(output: dict) -> np.ndarray:
+    """Task.item_tokens: the [start, stop) token positions of each decoded box, its six tokens -> int64[k, 2]."""
+    conf = np.asarray(output["conf_pos"], np.int64).reshape(-1)
+    return np.stack([conf - 5, conf + 1], axis=1)
+
+
 def _calibrate(model, split, seed: int, codec, state: dict, opts: DetectionOptions) -> dict:
     """Refit the learned score on the model's own boxes of training images (score_head.calibrate)."""
     return calibrate(model, split, codec, state, iou_conf_targets, images=opts.calibrate_images,
@@ -197,6 +203,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         visualize=partial(visualize, names=[c["name"] for c in categories]),
         aux_loss=aux,
         mle_loss=partial(self_iou_mle_loss, codec=codec) if opts.mle_conf == "self_iou" else None,
+        item_tokens=box_tokens,
         headroom=partial(headroom, codec=codec, metrics=partial(_metrics, categories=categories)),
         calibrate=(partial(_calibrate, codec=codec, state=state, opts=opts)
                    if codec.score == "learned" else None),

@@ -29,6 +29,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ..base import ITEM_PART
+
 THRESHOLDS = np.array([0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
 
 
@@ -127,7 +129,10 @@ def map_reward(outputs: Sequence[dict], targets: Sequence[dict], weights: Sequen
     R_t = sum of w[class] over matched ground truths - dup_penalty * sum of w[class] over duplicates.
 
     Parts (FloatTensor[S]): matches and duplicates (means over t), recall50 (matched fraction at
-    t = 0.5, strict), num_boxes.
+    t = 0.5, strict), num_boxes; and "per_item" (Task ITEM_PART, FloatTensor[S, K], 0 past an output's
+    boxes): each box's own share, the mean over t of w[its class] if it is matched at t, minus
+    dup_penalty * w[its class] if it is a duplicate at t. A matched ground truth and the box it claims
+    share the class, so the shares of an output sum to its reward (train.credit = "token").
     """
     p = pairs(outputs, targets)
     w = np.asarray(weights, np.float64)
@@ -138,9 +143,11 @@ def map_reward(outputs: Sequence[dict], targets: Sequence[dict], weights: Sequen
     overlaps = ((p.iou[:, None] > THRESHOLDS[None, :, None, None]) & p.allowed[:, None]).any(-1)  # (S, T, K)
     dups = overlaps & ~claimed  # (S, T, K)
     reward = (matched_w - dup_penalty * (dups * w_pred[:, None, :]).sum(-1)).mean(-1)  # (S,)
+    per_box = ((claimed * w_pred[:, None, :]) - dup_penalty * (dups * w_pred[:, None, :])).mean(1)  # (S, K)
     num_gt, num_pred = (p.gt_classes >= 0).sum(-1), (p.pred_classes >= 0).sum(-1)
     parts = {"matches": (match >= 0).sum(-1).mean(-1), "duplicates": dups.sum(-1).mean(-1),
-             "recall50": _recall((match[:, 0] >= 0).sum(-1), num_gt, num_pred), "num_boxes": num_pred}
+             "recall50": _recall((match[:, 0] >= 0).sum(-1), num_gt, num_pred), "num_boxes": num_pred,
+             ITEM_PART: per_box}
     return torch.as_tensor(reward, dtype=torch.float32), _tensors(parts)
 
 
