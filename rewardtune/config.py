@@ -72,10 +72,10 @@ class TrainConfig:
     top_k: int = 0  # 0 = full distribution
     baseline: str = "loo"  # "loo" (leave-one-out, docs/method.md#two-stages-one-loop) or "greedy" (self-critical)
     # "sequence" (the paper): every token of a sample gets its advantage. "token" (a departure, credit.py,
-    # docs/method.md): each item's tokens (detection: a box's six) get that item's own contribution to the
-    # reward minus the mean contribution of the items of the image's other samples; the end token keeps
-    # the sample's advantage. Needs the loo baseline, a task with Task.item_tokens and a reward that splits
-    # by item (detection's "map").
+    # docs/method.md): each item's tokens (detection: a box's six) get the reward still to come from that
+    # item on, minus the mean of the same over the image's other samples; the end token that of stopping
+    # there. Needs the loo baseline, a task with Task.item_tokens and a reward that splits by item
+    # (detection's "map").
     credit: str = "sequence"
     aux_weight: float = 1.0  # multiplies the task's auxiliary loss (already weighted by the task)
     kl_weight: float = 0.0  # optional KL to the initial (MLE) model

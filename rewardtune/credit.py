@@ -1,10 +1,17 @@
 """Per-item credit assignment (train.credit = "token"), a departure from the paper (docs/method.md).
 
-The paper gives every token of a sample the sample's advantage. Where the reward is a sum over the items
-of an output (detection's "map": each box adds its matched class weight or takes its duplicate penalty),
-each item's tokens can instead get that item's own contribution minus a leave-one-out baseline: the mean
-contribution of the items of the other N - 1 samples of the same image (losses.item_leave_one_out_advantage).
-Tokens no item owns (detection: the end token) keep the sequence's leave-one-out advantage.
+The paper gives every token of a sample the sample's advantage: the whole reward, minus the mean reward of
+the image's other samples. Where the reward is a sum over the items of an output (detection's "map": each
+box adds its matched class weight or takes its duplicate penalty), a token mostly changes the items from
+its own on (detection's matching lets a later, better box take an earlier box's match: that effect is left
+out), so each item's tokens get the reward still to come from that item on, minus the mean of the
+same quantity over the image's other samples (losses.reward_to_go_advantage), and a token no item owns
+(detection: the end token) gets that of the item it comes before (for the end token: 0 still to come,
+against what the other samples went on to earn). The first item's advantage is the sequence's.
+
+A first form gave each item its own contribution minus the mean item of the other samples; measured on the
+faint world it taught the model to stop early (an emitted box worth less than the average box was
+punished, though it added reward): docs/results.md#detection.
 
 The task says which tokens each item owns (Task.item_tokens); the reward says what each item contributed
 (its part Task ITEM_PART). Nothing here knows what an item is.
@@ -17,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .losses import item_leave_one_out_advantage
+from .losses import reward_to_go_advantage
 from .tasks.base import ITEM_PART, Task
 
 def check_credit(task: Task, train) -> None:
@@ -38,30 +45,36 @@ def item_contributions(parts: dict, outputs: Sequence[Any], reward_name: str) ->
     return value
 
 
-def spread_over_tokens(spans: Sequence[np.ndarray], item_adv: torch.Tensor, seq_adv: torch.Tensor,
-                       lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """Per-token advantages FloatTensor[S, T]: item k's advantage item_adv[s, k] on its tokens spans[s][k]
-    ([start, stop)), the sequence's seq_adv[s] on every other token before lengths[s], 0 after."""
+def spread_over_tokens(spans: Sequence[np.ndarray], position_adv: torch.Tensor, lengths: torch.Tensor,
+                       T: int) -> torch.Tensor:
+    """Per-token advantages FloatTensor[S, T]: item k's tokens spans[s][k] ([start, stop)) get
+    position_adv[s, k]; a token no item owns gets that of the next item starting after it (after the last
+    item: position_adv[s, count_s]); 0 from lengths[s] on. position_adv: (S, K + 1)."""
     lengths = lengths.cpu()
-    valid = torch.arange(T)[None] < lengths[:, None]
-    out = torch.where(valid, seq_adv.float().cpu()[:, None].expand(-1, T), torch.zeros(()))
+    out = torch.zeros(len(spans), T)
     for s, span in enumerate(spans):
-        for k, (start, stop) in enumerate(np.asarray(span, np.int64).reshape(-1, 2)):
-            out[s, start:min(int(stop), int(lengths[s]))] = item_adv[s, k]
+        span = np.asarray(span, np.int64).reshape(-1, 2)
+        length = int(lengths[s])
+        next_item = np.searchsorted(span[:, 0], np.arange(length), side="right")  # items starting at or before t
+        owned = np.zeros(length, bool)
+        for k, (start, stop) in enumerate(span):
+            out[s, start:min(int(stop), length)] = position_adv[s, k]
+            owned[start:min(int(stop), length)] = True
+        free = np.flatnonzero(~owned)
+        out[s, torch.from_numpy(free)] = position_adv[s, torch.from_numpy(np.minimum(next_item[free], len(span)))]
     return out
 
 
-def token_advantages(task: Task, outputs: Sequence[Any], parts: dict, seq_adv: torch.Tensor, lengths: torch.Tensor,
+def token_advantages(task: Task, outputs: Sequence[Any], parts: dict, n: int, lengths: torch.Tensor,
                      T: int, reward_name: str = "") -> torch.Tensor:
-    """FloatTensor[B*N, T] of per-token advantages for the B*N outputs (N samples per image, in order);
-    seq_adv: the sequences' leave-one-out advantages (B, N)."""
-    b, n = seq_adv.shape
+    """FloatTensor[B*N, T] of per-token advantages for the B*N outputs (N = n samples per image, in order)."""
     contributions = item_contributions(parts, outputs, reward_name)  # (B*N, K)
     spans = [task.item_tokens(o) for o in outputs]
     counts = torch.tensor([len(np.asarray(s).reshape(-1, 2)) for s in spans])
     k = contributions.shape[1]
     if len(counts) and int(counts.max()) > k:
         raise ValueError(f"token credit: an output has {int(counts.max())} items but the reward scored {k}")
+    b = len(outputs) // n
     valid = torch.arange(k)[None] < counts[:, None]  # (B*N, K)
-    item_adv = item_leave_one_out_advantage(contributions.view(b, n, k), valid.view(b, n, k)).view(b * n, k)
-    return spread_over_tokens(spans, item_adv, seq_adv.reshape(-1), lengths, T)
+    position_adv = reward_to_go_advantage(contributions.view(b, n, k), valid.view(b, n, k)).view(b * n, k + 1)
+    return spread_over_tokens(spans, position_adv, lengths, T)

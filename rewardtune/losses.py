@@ -31,14 +31,22 @@ def reinforce_loss(seq_log_probs: torch.Tensor, advantages: torch.Tensor) -> tor
     return -(advantages.detach() * seq_log_probs).mean()
 
 
-def item_leave_one_out_advantage(contributions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """A_jk = c_jk - the mean contribution of the items of the other N - 1 samples of the same input
-    (0 when they have none), 0 where there is no item: (B, N, K), bool (B, N, K) -> (B, N, K)."""
+def reward_to_go_advantage(contributions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per item position, the reward still to come minus its leave-one-out baseline: (B, N, K), bool (B, N, K)
+    -> (B, N, K + 1).
+
+    G_jk = the sum of sample j's contributions from item k on (0 from its last item on: G_j,K = 0), and
+    A_jk = G_jk - the mean of G_ik over the other N - 1 samples i of the same input. Position k < count_j
+    is item k's; position count_j is the decision to stop there. A_j0 is the sequence's leave-one-out
+    advantage (G_j0 is its reward). Item k's tokens cannot change what came before them, so leaving
+    the earlier items' reward out keeps the policy gradient unbiased and removes their noise."""
     c = torch.where(valid, contributions, torch.zeros_like(contributions))
-    total, count = c.sum(-1), valid.sum(-1).to(c.dtype)  # (B, N)
-    others, other_count = total.sum(-1, keepdim=True) - total, count.sum(-1, keepdim=True) - count
-    baseline = torch.where(other_count > 0, others / other_count.clamp(min=1), torch.zeros_like(others))
-    return torch.where(valid, c - baseline[..., None], torch.zeros_like(c))
+    to_go = torch.cat([c.flip(-1).cumsum(-1).flip(-1), torch.zeros_like(c[..., :1])], dim=-1)  # (B, N, K + 1)
+    n = to_go.shape[1]
+    if n < 2:
+        raise ValueError("the reward-to-go advantage needs >= 2 samples per input (a leave-one-out baseline)")
+    baseline = (to_go.sum(1, keepdim=True) - to_go) / (n - 1)
+    return to_go - baseline
 
 
 def token_reinforce_loss(step_log_probs: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,

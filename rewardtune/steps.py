@@ -108,7 +108,7 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
     tokens, lengths = gen.tokens, gen.lengths
     step_lp = ctx.model(images, tokens, n)  # (B*N, T, V)
     if cfg.credit == "token":
-        per_token = token_advantages(task, outputs, parts, advantages, lengths, tokens.shape[1], cfg.reward)
+        per_token = token_advantages(task, outputs, parts, n, lengths, tokens.shape[1], cfg.reward)
         loss = token_reinforce_loss(step_lp, tokens, lengths, per_token.to(step_lp.device))
     else:
         seq_lp = sequence_log_probs(step_lp, tokens, lengths)

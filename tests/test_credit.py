@@ -6,7 +6,7 @@ import torch
 from rewardtune.config import from_dict
 from rewardtune.credit import check_credit, item_contributions, token_advantages
 from rewardtune.errors import ConfigError
-from rewardtune.losses import item_leave_one_out_advantage, leave_one_out_advantage, reinforce_loss, token_reinforce_loss
+from rewardtune.losses import leave_one_out_advantage, reward_to_go_advantage, reinforce_loss, token_reinforce_loss
 from rewardtune.model.encdec import sequence_log_probs
 from rewardtune.tasks.base import Task
 from rewardtune.tasks.detection import box_tokens
@@ -42,14 +42,20 @@ def test_map_reward_splits_over_boxes_matched_duplicate_and_false_positive():
     assert float(reward[0]) == pytest.approx(1.5 - 0.45)
 
 
-def test_item_leave_one_out_baseline_is_the_other_samples_mean_box():
-    contributions = torch.tensor([[[1.0, -0.3], [1.0, 0.0], [0.0, 0.0]], [[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]])
-    valid = torch.tensor([[[True, True], [True, False], [False, False]],
+def test_reward_to_go_advantage_against_the_other_samples_from_the_same_position():
+    contributions = torch.tensor([[[1.0, -0.3], [1.0, 5.0], [0.0, 0.0]], [[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    valid = torch.tensor([[[True, True], [True, False], [False, False]],  # 5.0: no item there, ignored
                           [[True, False], [False, False], [False, False]]])
-    adv = item_leave_one_out_advantage(contributions, valid)
-    expected = torch.tensor([[[1.0 - 1.0, -0.3 - 1.0], [1.0 - 0.35, 0.0], [0.0, 0.0]],  # others' boxes: 1.0 | 1.0, -0.3
-                             [[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # the other samples have no box: baseline 0
+    adv = reward_to_go_advantage(contributions, valid)
+    # still to come, image 0: [0.7, -0.3, 0] | [1.0, 0, 0] | [0, 0, 0]; baseline: the other two's mean
+    expected = torch.tensor([[[0.7 - 0.5, -0.3 - 0.0, 0.0], [1.0 - 0.35, 0.0 + 0.15, 0.0], [0.0 - 0.85, 0.15, 0.0]],
+                             [[0.5, 0.0, 0.0], [-0.25, 0.0, 0.0], [-0.25, 0.0, 0.0]]])
     torch.testing.assert_close(adv, expected)
+    # the first position is the sequence's leave-one-out advantage
+    totals = torch.where(valid, contributions, torch.zeros(())).sum(-1)
+    torch.testing.assert_close(adv[..., 0], leave_one_out_advantage(totals))
+    with pytest.raises(ValueError, match=">= 2 samples"):
+        reward_to_go_advantage(contributions[:, :1], valid[:, :1])
 
 
 def tokens_and_advantages(sequences, target, n):
@@ -58,37 +64,38 @@ def tokens_and_advantages(sequences, target, n):
     seq_adv = leave_one_out_advantage(rewards.view(-1, n))
     T = max(len(s) for s in sequences) + 2  # two padding positions past the longest
     lengths = torch.tensor([len(s) for s in sequences])
-    return token_advantages(task(), outputs, parts, seq_adv, lengths, T), seq_adv.flatten(), lengths
+    return token_advantages(task(), outputs, parts, n, lengths, T), seq_adv.flatten(), lengths
 
 
-def test_each_box_s_six_tokens_get_its_advantage_the_end_token_the_sequence_s():
+def test_each_box_s_tokens_get_the_reward_still_to_come_the_end_token_that_of_stopping():
     # one image, 3 samples: [matched, duplicate] | [matched] | [other class]
     samples = [sequence((FULL, 1), (FULL, 1)), sequence((FULL, 1)), sequence((LEFT, 0))]
     adv, seq_adv, lengths = tokens_and_advantages(samples, truth((FULL, 1)), 3)
     assert adv.shape == (3, 15)
     # rewards 1.05, 1.5, 0: sequence advantages 1.05 - 0.75, 1.5 - 0.525, 0 - 1.275
     torch.testing.assert_close(seq_adv, torch.tensor([0.3, 0.975, -1.275]))
-    # sample 0: boxes 1.5 and -0.45 against the mean box of samples 1, 2: (1.5 + 0) / 2 = 0.75
-    expected0 = [0.75] * 6 + [-1.2] * 6 + [0.3] + [0.0] * 2  # box, duplicate, end token, padding
-    # sample 1: 1.5 against (1.5 - 0.45 + 0) / 3 = 0.35; sample 2: 0 against (1.5 - 0.45 + 1.5) / 3 = 0.85
-    expected1 = [1.15] * 6 + [0.975] + [0.0] * 8
-    expected2 = [-0.85] * 6 + [-1.275] + [0.0] * 8
+    # still to come by position: [1.05, -0.45, 0] | [1.5, 0, 0] | [0, 0, 0]
+    # sample 0: the first box gets the sequence's advantage; the duplicate -0.45 against the others' 0;
+    # its end token (nothing to come) against the others' 0 at position 2
+    expected0 = [0.3] * 6 + [-0.45] * 6 + [0.0] + [0.0] * 2  # box, duplicate, end token, padding
+    # sample 1: stopping after one box (0 to come) against the others' (-0.45 + 0) / 2: +0.225
+    expected1 = [0.975] * 6 + [0.225] + [0.0] * 8
+    expected2 = [-1.275] * 6 + [0.225] + [0.0] * 8
     torch.testing.assert_close(adv, torch.tensor([expected0, expected1, expected2]))
     assert lengths.tolist() == [13, 7, 7]
 
 
-def test_equal_box_contributions_zero_every_box_token_and_only_then_match_the_sequence_loss():
-    """Every box worth the same: box tokens get 0, whatever the sequence advantages. That equals the
-    sequence-level credit only where those are 0 too (equal box counts); it does not hold by construction."""
+def test_a_second_matched_box_is_credited_and_stopping_before_it_is_not():
     target = truth((FULL, 1), ((0, 0, 1, 4), 1))  # two objects of class 1
-    same_count = [sequence((FULL, 1)), sequence(((0, 0, 1, 4), 1))]  # one matched box each: 1.5 and 1.5
-    adv, seq_adv, _ = tokens_and_advantages(same_count, target, 2)
+    same = [sequence((FULL, 1)), sequence(((0, 0, 1, 4), 1))]  # one matched box each: 1.5 and 1.5
+    adv, seq_adv, _ = tokens_and_advantages(same, target, 2)
     assert torch.count_nonzero(adv) == 0 and torch.count_nonzero(seq_adv) == 0
     more = [sequence((FULL, 1), ((0, 0, 1, 4), 1)), sequence((FULL, 1))]  # 3.0 vs 1.5
     adv, seq_adv, _ = tokens_and_advantages(more, target, 2)
     torch.testing.assert_close(seq_adv, torch.tensor([1.5, -1.5]))
-    torch.testing.assert_close(adv[0], torch.tensor([0.0] * 12 + [1.5] + [0.0] * 2))  # only the end token
-    torch.testing.assert_close(adv[1], torch.tensor([0.0] * 6 + [-1.5] + [0.0] * 8))
+    # still to come: [3.0, 1.5, 0] | [1.5, 0, 0]
+    torch.testing.assert_close(adv[0], torch.tensor([1.5] * 12 + [0.0] + [0.0] * 2))
+    torch.testing.assert_close(adv[1], torch.tensor([-1.5] * 6 + [-1.5] + [0.0] * 8))  # it stopped too soon
 
 
 def test_token_loss_with_the_sequence_advantage_on_every_token_is_reinforce_loss():
