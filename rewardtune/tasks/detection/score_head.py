@@ -89,7 +89,7 @@ def apply_head(head: dict, features: np.ndarray) -> np.ndarray:
 
 
 def fit_head(features: np.ndarray, targets: np.ndarray, seed: int = 0, hidden: int = 32,
-             iterations: int = 400, lr: float = 1e-2, weight_decay: float = 1e-4) -> dict:
+             iterations: int = 1000, lr: float = 1e-2, weight_decay: float = 1e-3) -> dict:
     """Fit the head by cross-entropy against soft targets in [0, 1] (full batch, Adam); deterministic
     for a given seed. -> {"features", "mean", "std", "w1", "b1", "w2", "b2"} (JSON-serialisable)."""
     x = torch.as_tensor(np.asarray(features, np.float64), dtype=torch.float32)
