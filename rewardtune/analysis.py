@@ -32,7 +32,7 @@ from .data.files import write_json_atomic
 from .errors import UserError
 from .evaluate import load_run
 from .metrics_log import read_metrics_log
-from .model.encdec import EncoderDecoder
+from .model.encdec import EncoderDecoder, image_generator
 from .outputs import decode_all, resolve_reward, score_outputs
 from .report import plots, stats
 from .tasks.base import Task
@@ -74,7 +74,7 @@ def sample_pool(model: EncoderDecoder, task: Task, split, indices: Sequence[int]
     greedy_steps = _steps(greedy) if keep_outputs else []
     log_probs, rewards, parts, kept = [], {}, {}, []
     for row, (i, target) in enumerate(zip(indices, targets)):
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(i))
+        generator = image_generator(seed, i, device)
         image = images[row:row + 1].to(device)
         chunks = []
         for start in range(0, num_samples, batch_size):

@@ -10,7 +10,7 @@ from . import checkpoint
 from .config import load as load_config
 from .data.files import write_json_atomic
 from .errors import UserError
-from .model.encdec import EncoderDecoder, build_model
+from .model.encdec import EncoderDecoder, build_model, eval_mode, image_generator
 from .outputs import decode_all
 from .tasks import make_task
 from .tasks.base import Task
@@ -20,18 +20,16 @@ from .tasks.base import Task
 def predict_split(model: EncoderDecoder, task: Task, split, indices: Sequence[int],
                   batch_size: int = 64) -> tuple[list, list, list]:
     """Greedy outputs (with the model's step log-probs for scores) for split[indices]."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     outputs, targets, ids = [], [], []
     indices = list(indices)
-    for start in range(0, len(indices), batch_size):
-        images, tgt, idx = split.batch(indices[start:start + batch_size])
-        gen = model.generate(images.to(device), 1, greedy=True, return_step_log_probs=True)
-        outputs += decode_all(task.codec, gen, gen.step_log_probs.cpu())
-        targets += tgt
-        ids += idx
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(indices), batch_size):
+            images, tgt, idx = split.batch(indices[start:start + batch_size])
+            gen = model.generate(images.to(device), 1, greedy=True, return_step_log_probs=True)
+            outputs += decode_all(task.codec, gen, gen.step_log_probs.cpu())
+            targets += tgt
+            ids += idx
     return outputs, targets, ids
 
 
@@ -43,19 +41,16 @@ def held_out_reward(model: EncoderDecoder, task: Task, split, indices: Sequence[
     Image i's draws come from a generator keyed by (seed, i) alone, never from the global RNG: the same
     model gives the same figure at every call, so the figure moves only when the model does.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     values = []
     indices = list(indices)
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        images, targets, _ = split.batch(chunk)
-        gens = [torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(i)) for i in chunk]
-        gen = model.generate(images.to(device), samples, generator=gens)
-        rewards, _ = reward_fn(decode_all(task.codec, gen), [t for t in targets for _ in range(samples)])
-        values.append(torch.as_tensor(rewards, dtype=torch.float64).reshape(-1))
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            images, targets, _ = split.batch(chunk)
+            gen = model.generate(images.to(device), samples, generator=[image_generator(seed, i, device) for i in chunk])
+            rewards, _ = reward_fn(decode_all(task.codec, gen), [t for t in targets for _ in range(samples)])
+            values.append(torch.as_tensor(rewards, dtype=torch.float64).reshape(-1))
     allv = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
     return {"reward": float(allv.mean()) if len(allv) else float("nan"),
             "reward_std": float(allv.std()) if len(allv) > 1 else 0.0}

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from rewardtune.losses import leave_one_out_advantage, mle_loss, reinforce_loss
@@ -116,3 +117,22 @@ def test_read_back_table_feeds_the_mapped_token_everywhere():
     assert torch.equal(s1.tokens, s2.tokens) and (s1.tokens == 3).any()
     step_lp = model.log_probs(images, s1.tokens, 6)
     assert torch.allclose(sequence_log_probs(step_lp, s1.tokens, s1.lengths), s1.log_probs, atol=1e-4)
+
+
+def test_eval_mode_restores_the_mode_even_on_an_error_and_image_draws_depend_on_seed_and_index_only():
+    from rewardtune.model.encdec import eval_mode, image_generator
+    net = torch.nn.Dropout(0.5)
+    net.train()
+    with pytest.raises(RuntimeError):
+        with eval_mode(net):
+            assert not net.training
+            raise RuntimeError("boom")
+    assert net.training
+    net.eval()
+    with eval_mode(net):
+        pass
+    assert not net.training
+    draw = lambda seed, i: torch.rand(4, generator=image_generator(seed, i, "cpu"))  # noqa: E731
+    torch.rand(3)  # the global RNG moves; the draws do not
+    assert torch.equal(draw(0, 5), draw(0, 5))
+    assert not torch.equal(draw(0, 5), draw(0, 6)) and not torch.equal(draw(0, 5), draw(1, 5))

@@ -4,8 +4,9 @@ Shapes: B images, N samples per image, T tokens, V vocabulary, M encoder tokens,
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -133,6 +134,24 @@ class EncoderDecoder(nn.Module):
             u = torch.rand(scores.shape, generator=generator, device=scores.device)
         u = u.clamp_(1e-20, 1.0)
         return (scores - torch.log(-torch.log(u))).argmax(-1)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block, then back in the mode it was in (even on an exception)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def image_generator(seed: int, index: int, device) -> torch.Generator:
+    """The generator of the draws made outside training for image `index` (held-out reward, the learned
+    box score's fit, analysis pools): keyed by (seed, index) alone, never the global RNG, so the same model
+    gives the same draws at every call."""
+    return torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(index))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ...model.encdec import eval_mode, image_generator
+
 FEATURES = (
     "logp_ymin", "logp_xmin", "logp_ymax", "logp_xmax", "logp_class",
     "entropy_ymin", "entropy_xmin", "entropy_ymax", "entropy_xmax", "entropy_class",
@@ -150,24 +152,22 @@ def collect(model, split, codec, indices: Sequence[int], samples: int, seed: int
     """The model's greedy output and `samples` samples (temperature 1) of each image split[indices],
     decoded with features -> (outputs, targets), one target per output. Sampling uses its own
     generators (seeded by `seed` and the image's index), never the global RNG."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     outputs, targets = [], []
-    for start in range(0, len(indices), batch_size):
-        chunk = list(indices[start:start + batch_size])
-        images, tgt, _ = split.batch(chunk)
-        images = images.to(device)
-        runs = [model.generate(images, 1, greedy=True, return_step_log_probs=True)]
-        if samples:
-            gens = [torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(i)) for i in chunk]
-            runs.append(model.generate(images, samples, generator=gens, return_step_log_probs=True))
-        for gen, n in zip(runs, (1, samples)):
-            tokens, lengths, lp = gen.tokens.cpu(), gen.lengths.cpu(), gen.step_log_probs.cpu()
-            for j in range(tokens.shape[0]):
-                outputs.append(codec.decode(tokens[j, :lengths[j]].tolist(), lp[j, :lengths[j]]))
-                targets.append(tgt[j // n])
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(indices), batch_size):
+            chunk = list(indices[start:start + batch_size])
+            images, tgt, _ = split.batch(chunk)
+            images = images.to(device)
+            runs = [model.generate(images, 1, greedy=True, return_step_log_probs=True)]
+            if samples:
+                runs.append(model.generate(images, samples, generator=[image_generator(seed, i, device) for i in chunk],
+                                           return_step_log_probs=True))
+            for gen, n in zip(runs, (1, samples)):
+                tokens, lengths, lp = gen.tokens.cpu(), gen.lengths.cpu(), gen.step_log_probs.cpu()
+                for j in range(tokens.shape[0]):
+                    outputs.append(codec.decode(tokens[j, :lengths[j]].tolist(), lp[j, :lengths[j]]))
+                    targets.append(tgt[j // n])
     return outputs, targets
 
 
