@@ -45,7 +45,15 @@ class ModelConfig:
 class TrainConfig:
     stage: str = "mle"  # "mle" (pretrain) or "reward" (tune)
     steps: int = 1000
-    batch_size: int = 64  # images per step
+    batch_size: int = 64  # images per optimizer step (all processes and micro-batches together)
+    # Split each process's share of the batch into this many micro-batches of equal size, run one after
+    # the other with their gradients summed, so that a batch too big for the accelerator's memory keeps its
+    # meaning: the gradient is the whole batch's, to float rounding (docs/design.md#precision-and-accumulation).
+    # batch_size must divide by (processes x grad_accum_steps).
+    grad_accum_steps: int = 1
+    # "fp32", or "bf16": forward passes and the sampler under torch.autocast (matmuls in bfloat16; softmaxes,
+    # log-probs, losses, parameters, gradients and Adam's state stay float32). Meant for GPUs; allowed on CPU.
+    precision: str = "fp32"
     lr: float = 1e-3
     warmup_steps: int = 50
     schedule: str = "cosine"  # "cosine" | "constant"
@@ -80,6 +88,9 @@ class TrainConfig:
     aux_weight: float = 1.0  # multiplies the task's auxiliary loss (already weighted by the task)
     kl_weight: float = 0.0  # optional KL to the initial (MLE) model
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
+    # also write TensorBoard event files to RUN/tensorboard/ (the scalars of metrics.jsonl, and at each
+    # validation a few val images drawn by the task's `visualize`); needs `pip install rewardtune[tensorboard]`
+    tensorboard: bool = False
 
 
 @dataclass
@@ -101,11 +112,12 @@ _CHOICES = {
     "train.schedule": ("cosine", "constant"),
     "train.baseline": ("loo", "greedy"),
     "train.credit": ("sequence", "token"),
+    "train.precision": ("fp32", "bf16"),
 }
 _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encoder_depth",
              "model.decoder_depth", "model.heads", "train.steps", "train.batch_size", "train.lr",
              "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-             "train.temperature", "model.mlp_ratio", "train.max_nonfinite")
+             "train.temperature", "model.mlp_ratio", "train.max_nonfinite", "train.grad_accum_steps")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.threads",
                  "train.eval_images", "train.eval_reward_samples", "train.patience", "train.top_k", "train.aux_weight",
                  "train.kl_weight", "data.max_train_images", "data.max_val_images", "train.min_lr_ratio")
@@ -192,6 +204,9 @@ def validate(config: Config) -> None:
     if config.model.width % config.model.heads:
         raise ConfigError(f"config key 'model.heads': {config.model.heads} does not divide model.width "
                           f"{config.model.width}")
+    if config.train.batch_size % config.train.grad_accum_steps:
+        raise ConfigError(f"config key 'train.grad_accum_steps': {config.train.grad_accum_steps} does not divide "
+                          f"train.batch_size {config.train.batch_size}")
     if config.train.stage == "reward" and config.train.num_samples < 2:
         raise ConfigError("config key 'train.num_samples': the leave-one-out baseline needs >= 2 samples")
     if config.train.credit == "token" and config.train.baseline != "loo":

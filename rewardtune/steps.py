@@ -1,16 +1,20 @@
 """The two step functions of the one training loop: an MLE step and a REINFORCE step.
 
-Each takes the batch and returns (loss tensor with grad, logs of floats). Nothing task-specific:
-the task enters only through the Task contract (codec, reward, auxiliary loss, sample stats).
+Each takes this process's share of the batch, runs it as train.grad_accum_steps micro-batches (forward,
+loss, backward, one after the other: the gradients add up in the parameters' .grad) and returns (the
+step's loss, detached; logs of floats). Nothing task-specific: the task enters only through the Task
+contract (codec, reward, auxiliary loss, sample stats).
 
 Randomness is keyed by each sample's global position in the data stream (`positions`), never by
-rank, so K processes draw exactly what one process draws for the same global batch; token means
-are normalised by the global token count, so DDP's gradient average equals the 1-process gradient.
+rank or micro-batch, so K processes and k micro-batches draw exactly what one process draws for the
+same global batch; token means are normalised by the global token count, so the micro-batches' sum
+and DDP's gradient average equal the 1-process, whole-batch gradient.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,16 +50,39 @@ def sample_generator(seed: int, position: int, device: torch.device) -> torch.Ge
     return torch.Generator(device=device).manual_seed(key)
 
 
-def global_token_weight(ctx: StepContext, count: torch.Tensor) -> torch.Tensor:
-    """Factor turning this rank's token mean into its share of the global token mean under DDP.
+def token_weights(ctx: StepContext, counts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per micro-batch of this rank, the factor turning its token mean into its share of the token mean
+    over the whole global batch (every rank's micro-batches): count * K / (sum of all counts).
 
-    DDP averages gradients over K ranks, so loss_r * K * count_r / sum(count) makes the average the
-    mean over all tokens of the global batch, whatever the ranks' token counts.
+    Summing the micro-batches' weighted losses (backward adds their gradients) and DDP's average over
+    K ranks then give the mean over all tokens of the global batch, whatever each part's token count.
+    Exactly 1 in one process without accumulation. One collective for all the micro-batches.
     """
-    if ctx.dist.world == 1:
-        return torch.ones((), device=count.device)
-    count = count.float()
-    return count * ctx.dist.world / distributed.all_sum(count, ctx.dist).clamp(min=1)
+    if ctx.dist.world == 1 and len(counts) == 1:
+        return [torch.ones((), device=counts[0].device)]
+    counts = [c.float() for c in counts]
+    total = distributed.all_sum(sum(counts), ctx.dist).clamp(min=1)
+    return [c * ctx.dist.world / total for c in counts]
+
+
+def micro_batches(size: int, k: int) -> list[slice]:
+    """This rank's `size` images as k consecutive micro-batches of size / k (config and loop check it divides)."""
+    if size % k:
+        raise ValueError(f"{size} images do not split into {k} equal micro-batches")
+    part = size // k
+    return [slice(i * part, (i + 1) * part) for i in range(k)]
+
+
+def autocast(ctx: StepContext, device: torch.device) -> ContextManager:
+    """torch.autocast to bfloat16 when train.precision is "bf16" (a no-op for "fp32"). The model's
+    log-probs come out of a float32 log-softmax either way; parameters and gradients stay float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.train.precision == "bf16")
+
+
+def gradient_sync(ctx: StepContext, last: bool) -> ContextManager:
+    """Around a micro-batch's forward and backward: DDP all-reduces the gradients on the step's last
+    micro-batch only (the others run under no_sync and add to .grad locally)."""
+    return nullcontext() if last or not hasattr(ctx.model, "no_sync") else ctx.model.no_sync()
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,15 +96,24 @@ def pad_sequences(seqs: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, tor
 
 def mle_step(ctx: StepContext, images: torch.Tensor, targets: list,
              positions: Sequence[int]) -> tuple[torch.Tensor, dict]:
-    """Teacher-forced negative log-likelihood of the encoded targets (mean over the global tokens)."""
+    """Teacher-forced negative log-likelihood of the encoded targets (mean over the global tokens),
+    its gradient accumulated over the micro-batches."""
     codec, seed = ctx.task.codec, ctx.train.seed
     tokens, lengths = pad_sequences([codec.encode(t, sample_rng(seed, p)) for t, p in zip(targets, positions)],
                                     codec.end_token)
     tokens, lengths = tokens.to(images.device), lengths.to(images.device)
-    step_lp = ctx.model(images, tokens)
-    loss = (ctx.task.mle_loss or mle_loss)(step_lp, tokens, lengths)
-    loss = loss * global_token_weight(ctx, lengths.sum())  # exactly 1 in one process
-    return loss, {"loss": loss.item(), "target_length": float(lengths.float().mean())}
+    parts = micro_batches(len(images), ctx.train.grad_accum_steps)
+    weights = token_weights(ctx, [lengths[p].sum() for p in parts])
+    total = torch.zeros((), device=images.device)
+    for i, (part, weight) in enumerate(zip(parts, weights)):
+        part_tokens = tokens[part, :int(lengths[part].max())]  # the decoder is causal: trailing padding is inert
+        with gradient_sync(ctx, last=i == len(parts) - 1):
+            with autocast(ctx, images.device):
+                step_lp = ctx.model(images[part], part_tokens)
+            loss = (ctx.task.mle_loss or mle_loss)(step_lp, part_tokens, lengths[part]) * weight
+            loss.backward()
+        total = total + loss.detach()
+    return total, {"loss": total.item(), "target_length": float(lengths.float().mean())}
 
 
 def sample_per_image(ctx: StepContext, images: torch.Tensor, positions: Sequence[int]) -> Generation:
@@ -89,54 +125,110 @@ def sample_per_image(ctx: StepContext, images: torch.Tensor, positions: Sequence
                                generator=generators)
 
 
-def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
-                positions: Sequence[int]) -> tuple[torch.Tensor, dict]:
-    """REINFORCE with a leave-one-out (or greedy) baseline, plus the task's auxiliary loss. With
-    train.credit = "token", each item's tokens get the item's own advantage (credit.py)."""
+@dataclass
+class Drawn:
+    """One micro-batch's samples (no gradient): what its REINFORCE loss needs, and what the logs read."""
+
+    part: slice  # its images in this rank's share of the batch
+    gen: Generation  # N samples per image, in image order
+    outputs: list  # the decoded samples
+    repeated: list  # each sample's target
+    rewards: torch.Tensor  # (B, N)
+    parts: dict  # the reward's parts
+    advantages: torch.Tensor  # (B, N)
+
+
+def draw(ctx: StepContext, images: torch.Tensor, targets: list, positions: Sequence[int], part: slice) -> Drawn:
+    """Sample, decode and reward the images of one micro-batch; their sequence advantages."""
     cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
-    gen = sample_per_image(ctx, images, positions)
+    images, targets = images[part], targets[part]
+    with autocast(ctx, images.device):
+        gen = sample_per_image(ctx, images, positions[part])
     outputs = decode_all(task.codec, gen)
     repeated = [t for t in targets for _ in range(n)]
     rewards, parts = ctx.reward_fn(outputs, repeated)
     rewards = torch.as_tensor(rewards, dtype=torch.float32).view(len(targets), n)
     if cfg.baseline == "greedy":
-        greedy = ctx.policy.generate(images, 1, greedy=True)
+        with autocast(ctx, images.device):
+            greedy = ctx.policy.generate(images, 1, greedy=True)
         base, _ = ctx.reward_fn(decode_all(task.codec, greedy), targets)
         advantages = rewards - torch.as_tensor(base, dtype=torch.float32).view(-1, 1)
     else:
-        advantages = leave_one_out_advantage(rewards)
-    tokens, lengths = gen.tokens, gen.lengths
-    step_lp = ctx.model(images, tokens, n)  # (B*N, T, V)
+        advantages = leave_one_out_advantage(rewards)  # per image over its own samples: exact per micro-batch
+    return Drawn(part, gen, outputs, repeated, rewards, parts or {}, advantages)
+
+
+def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
+                positions: Sequence[int]) -> tuple[torch.Tensor, dict]:
+    """REINFORCE with a leave-one-out (or greedy) baseline, plus the task's auxiliary loss. With
+    train.credit = "token", each item's tokens get the item's own advantage (credit.py).
+
+    Every micro-batch is sampled first (no gradient), then each is differentiated in turn. The micro-batches
+    hold equal numbers of samples, so the mean over samples (the REINFORCE term) and the auxiliary loss are
+    each micro-batch's mean over k, and the KL term's token mean is weighted by tokens (token_weights); the
+    auxiliary loss is thus a mean of per-micro-batch means, as under DDP it is a mean of per-rank means.
+    """
+    cfg, task = ctx.train, ctx.task
+    drawn = [draw(ctx, images, targets, positions, part)
+             for part in micro_batches(len(images), cfg.grad_accum_steps)]
+    kl_weights = token_weights(ctx, [d.gen.lengths.sum() for d in drawn]) if ctx.reference is not None else None
+    total, terms = torch.zeros((), device=images.device), {}
+    for i, d in enumerate(drawn):
+        with gradient_sync(ctx, last=i == len(drawn) - 1):
+            loss, logs = reward_loss(ctx, images[d.part], d, 1.0 / len(drawn), kl_weights[i] if kl_weights else None)
+            loss.backward()
+        total = total + loss.detach()
+        for name, value in logs.items():
+            terms[name] = terms.get(name, 0.0) + value
+    return total, {**reward_logs(task, drawn), **terms, "loss": total.item()}
+
+
+def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
+                kl_weight: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """One micro-batch's REINFORCE loss (+ auxiliary loss, + KL term), with gradient, times its share of the
+    step (`share` = 1 / k, `kl_weight` its share of the global tokens); the terms' values for the logs."""
+    cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
+    tokens, lengths = d.gen.tokens, d.gen.lengths
+    with autocast(ctx, images.device):
+        step_lp = ctx.model(images, tokens, n)  # (B*N, T, V), float32
     if cfg.credit == "token":
-        per_token = token_advantages(task, outputs, parts, n, lengths, tokens.shape[1], cfg.reward)
-        loss = token_reinforce_loss(step_lp, tokens, lengths, per_token.to(step_lp.device))
+        per_token = token_advantages(task, d.outputs, d.parts, n, lengths, tokens.shape[1], cfg.reward)
+        loss = token_reinforce_loss(step_lp, tokens, lengths, per_token.to(step_lp.device)) * share
     else:
         seq_lp = sequence_log_probs(step_lp, tokens, lengths)
-        loss = reinforce_loss(seq_lp, advantages.flatten().to(seq_lp.device))
-    logs = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "reward_max": float(rewards.max()),
-            "all_equal_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
-            "sample_length": float(lengths.float().mean()), "no_end_rate": float((~gen.ended).float().mean()),
-            "pg_loss": loss.item()}
+        loss = reinforce_loss(seq_lp, d.advantages.flatten().to(seq_lp.device)) * share
+    logs = {"pg_loss": loss.item()}
     if task.aux_loss is not None and cfg.aux_weight > 0:
-        aux = task.aux_loss(step_lp, tokens, outputs, repeated)
+        aux = task.aux_loss(step_lp, tokens, d.outputs, d.repeated) * share
         loss = loss + cfg.aux_weight * aux
         logs["aux_loss"] = aux.item()
     if ctx.reference is not None and cfg.kl_weight > 0:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(ctx, images.device):
             ref_lp = ctx.reference.log_probs(images, tokens, n)
-        kl = kl_to_reference(step_lp, ref_lp, lengths)
-        kl = kl * global_token_weight(ctx, lengths.sum())
+        kl = kl_to_reference(step_lp, ref_lp, lengths) * kl_weight
         loss = loss + cfg.kl_weight * kl
         logs["kl"] = kl.item()
-    for name, value in (parts or {}).items():
+    return loss, logs
+
+
+def reward_logs(task: Task, drawn: Sequence[Drawn]) -> dict:
+    """The samples' statistics over all micro-batches of the step (rewards, lengths, reward parts, task stats)."""
+    rewards = torch.cat([d.rewards for d in drawn])
+    lengths = torch.cat([d.gen.lengths for d in drawn]).float()
+    ended = torch.cat([d.gen.ended for d in drawn])
+    logs = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "reward_max": float(rewards.max()),
+            "all_equal_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
+            "sample_length": float(lengths.mean()), "no_end_rate": float((~ended).float().mean())}
+    for name in drawn[0].parts:
         if name == ITEM_PART:  # per item, not per sample
             continue
-        logs[f"reward_{name}"] = float(torch.as_tensor(value, dtype=torch.float32).mean())
+        values = [torch.as_tensor(d.parts[name], dtype=torch.float32).reshape(-1) for d in drawn]
+        logs[f"reward_{name}"] = float(torch.cat(values).mean())
     if task.sample_stats is not None:
-        logs.update({k: float(v) for k, v in task.sample_stats(outputs, repeated).items()})
-    logs["loss"] = loss.item()
-    return loss, logs
+        logs.update({k: float(v) for k, v in task.sample_stats([o for d in drawn for o in d.outputs],
+                                                                 [t for d in drawn for t in d.repeated]).items()})
+    return logs
 
 
 STEPS = {"mle": mle_step, "reward": reward_step}

@@ -102,8 +102,10 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
     cfg = config.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.batch_size % d.world:
-        raise UserError(f"config key 'train.batch_size': {cfg.batch_size} is not divisible by {d.world} processes")
+    if cfg.batch_size % (d.world * cfg.grad_accum_steps):
+        micro = f" x {cfg.grad_accum_steps} micro-batches (train.grad_accum_steps)" if cfg.grad_accum_steps > 1 else ""
+        raise UserError(f"config key 'train.batch_size': {cfg.batch_size} is not divisible by {d.world} processes"
+                        + micro)
     resume, init = _starting_point(config, run_dir, init_dir)
     source = checkpoint.load(resume) if resume else checkpoint.load(init, optimizer_state=False) if init else None
     if source and source["state"].get("task") != config.task:  # before the task reads another task's state
@@ -224,11 +226,11 @@ class _Loop:
         images, targets, ids = self.train_split.batch(idx)
         images = images.to(d.device)
         self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        # the step runs the backward passes of its micro-batches itself (their gradients add up in .grad)
         loss, logs = self.step_fn(self.ctx, images, targets, batch_positions(step, cfg.batch_size, d.rank, d.world))
         finite = distributed.all_true(bool(torch.isfinite(loss)), d)
         if finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
             finite = distributed.all_true(bool(torch.isfinite(norm)), d)
             logs["grad_norm"] = float(norm) if finite else float("nan")

@@ -20,26 +20,14 @@ TOY = {"task": "toy_task", "data": {"image_size": 16},
 NAN_LOSS_STEPS, NAN_GRAD_STEPS = (2, 5), (3,)
 
 
-class NaNGradient(torch.autograd.Function):
-    """Identity forward (the loss stays finite); NaN gradient backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
-
-
 def poisoned_mle_step(ctx, images, targets, positions):
-    """The MLE step, with a NaN loss or a NaN gradient at the steps listed above."""
+    """The MLE step (its backward passes already run), with a NaN loss or a NaN gradient at the steps above."""
     loss, logs = steps.mle_step(ctx, images, targets, positions)
     step = positions[0] // ctx.train.batch_size
     if step in NAN_LOSS_STEPS:
         loss = loss * float("nan")
     if step in NAN_GRAD_STEPS:
-        loss = NaNGradient.apply(loss)
+        next(ctx.model.parameters()).grad.view(-1)[0] = float("nan")  # the loss stays finite
     return loss, logs
 
 

@@ -78,9 +78,11 @@ def test_monitor_picks_best_checkpoint_by_the_named_metric_and_sign(tmp_path):
         train(toy(monitor="nope"), str(tmp_path / "nope"))
 
 
-@pytest.mark.parametrize("stage", ["mle", "reward"])
-def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, stage):
-    extra = dict(stage="reward", num_samples=3, lr=1e-3) if stage == "reward" else {}
+@pytest.mark.parametrize("stage,options", [("mle", {}), ("reward", {}),
+                                           ("mle", {"precision": "bf16", "grad_accum_steps": 2}),
+                                           ("reward", {"precision": "bf16", "grad_accum_steps": 2})])
+def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, stage, options):
+    extra = dict(stage="reward", num_samples=3, lr=1e-3, **options) if stage == "reward" else options
     init = None
     if stage == "reward":
         init = str(tmp_path / "init")
