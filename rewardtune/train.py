@@ -23,12 +23,15 @@ from .config import Config, TrainConfig, save as save_config
 from .credit import check_credit
 from .errors import ConfigError, UserError
 from .evaluate import evaluate_run, held_out_reward, predict_split
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, check_tensorboard
 from .model.encdec import build_model
 from .outputs import resolve_reward
 from .steps import STEPS, StepContext
 from .tasks import make_task
 from .tasks.base import Example, Task
+
+
+TENSORBOARD_IMAGES = 4  # val images drawn into the TensorBoard events at every validation
 
 
 def batch_positions(step: int, batch: int, rank: int = 0, world: int = 1) -> range:
@@ -106,6 +109,7 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
         micro = f" x {cfg.grad_accum_steps} micro-batches (train.grad_accum_steps)" if cfg.grad_accum_steps > 1 else ""
         raise UserError(f"config key 'train.batch_size': {cfg.batch_size} is not divisible by {d.world} processes"
                         + micro)
+    check_tensorboard(cfg.tensorboard and d.main)
     resume, init = _starting_point(config, run_dir, init_dir)
     source = checkpoint.load(resume) if resume else checkpoint.load(init, optimizer_state=False) if init else None
     if source and source["state"].get("task") != config.task:  # before the task reads another task's state
@@ -147,9 +151,12 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
     needs_reward = cfg.stage == "reward" or cfg.eval_reward_samples > 0
     ctx = StepContext(task, wrapped, model, cfg, resolve_reward(task, cfg.reward) if needs_reward else None,
                       reference, d)
-    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), start, d.main)
+    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), start, d.main, tensorboard=cfg.tensorboard)
     loop = _Loop(config, run_dir, d, task, model, optimizer, scheduler, state, log, ctx, train_split, val_split)
-    loop.run(start)
+    try:
+        loop.run(start)
+    finally:
+        log.close()
     distributed.barrier(d)
     metrics = {}
     if evaluate_at_end and d.main:
@@ -270,6 +277,8 @@ class _Loop:
                                        self.ctx.reward_fn, seed=self.cfg.seed)
                 metrics = {**metrics, **held}
             self.log.write({"step": done, **{f"val/{k}": float(v) for k, v in metrics.items()}})
+            if self.cfg.tensorboard:
+                self.log.images(done, self._drawn(outputs, targets))
             name = self.cfg.monitor.lstrip("-") or self.task.primary_metric
             if name not in metrics:
                 raise ConfigError(f"config key 'train.monitor': {name!r} is not a val metric of task "
@@ -284,6 +293,19 @@ class _Loop:
             stop = bool(self.cfg.patience) and self.state["evals_since_best"] >= self.cfg.patience
             tqdm.write(f"step {done}: val/{name} {float(metrics[name]):.4f}" + (" (best)" if is_best else ""))
         return distributed.broadcast_object((is_best, stop), self.d)
+
+    def _drawn(self, outputs: list, targets: list) -> list[tuple[str, np.ndarray]]:
+        """The first TENSORBOARD_IMAGES val images with their greedy outputs, drawn by the task's `visualize`;
+        a drawing that fails is left out with a warning (it must not stop training)."""
+        drawn = []
+        for i in range(min(TENSORBOARD_IMAGES, len(outputs))):
+            image = (self.val_split[i].image.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            try:
+                drawn.append((f"val_outputs/{i}", self.task.visualize(image, outputs[i], targets[i])))
+            except Exception as e:  # a drawing bug is reported, not fatal
+                tqdm.write(f"rewardtune: warning: visualize failed on val image {i}: {type(e).__name__}: {e}",
+                           file=sys.stderr)
+        return drawn
 
     def _save(self, done: int, is_best: bool) -> None:
         rng = distributed.all_gather_object(checkpoint.rng_state(), self.d)  # every rank's RNG states
