@@ -53,3 +53,28 @@ def test_confusable_pairs_benchmark_prints_a_row_per_pair():
     assert "best possible accuracy 0.750" in proc.stdout
     for pair in ("| circle / hexagon | 0.", "| square / diamond | 0."):
         assert pair in proc.stdout, proc.stdout
+
+
+def test_gpu_check_exits_0_on_a_machine_without_cuda():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines() == [proc.stdout.strip()] and "no CUDA device" in proc.stdout
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_gpu_check_counts_the_model_flops_torch_counts(stem):
+    """gpu_check's MFU numerator (2 x parameters x the tokens each weight sees, plus attention) equals the
+    forward FLOPs torch's counter finds in the model's matmuls, convolutions and attention."""
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+    import speed
+    from rewardtune.model.encdec import EncoderDecoder
+    model = EncoderDecoder(32, 50, 12, 49, stem=stem, patch_size=8, width=32, encoder_depth=2, decoder_depth=3,
+                           heads=2)
+    images, tokens = torch.rand(1, 3, 32, 32), torch.randint(0, 49, (1, 12))
+    with torch.no_grad():
+        counted = speed.count_flops(lambda: model(images, tokens))
+    assert gpu_check.forward_flops(model, 32, 12) == counted
