@@ -61,7 +61,7 @@ class TensorBoardLog:
 
     def __init__(self, log_dir: str, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
-        self.writer = SummaryWriter(log_dir, purge_step=resume_step + 1 if resume_step else None)
+        self.writer = SummaryWriter(log_dir, purge_step=resume_step + 1)  # also a restart from scratch
 
     def scalars(self, record: dict) -> None:
         step = int(record.get("step", 0))

@@ -141,16 +141,23 @@ def test_two_processes_of_two_micro_batches_match_one_process_for_mle_and_reward
         assert sorted(os.listdir(two / run)) == sorted(os.listdir(one / run))
 
 
-def test_torchrun_cli_matches_one_process_run(tmp_path):
-    """`torchrun --nproc-per-node 2 -m rewardtune pretrain RUN/config.json --out R2` == the 1-process run."""
+def pretrained_by_one_and_two_processes(tmp_path, raw: dict) -> tuple[str, str, str]:
+    """`rewardtune pretrain CONFIG --out ONE`, then `torchrun --nproc-per-node 2 -m rewardtune pretrain
+    ONE/config.json --out TWO`: (one, two, config path)."""
     config = str(tmp_path / "config.json")
     with open(config, "w") as f:
-        json.dump(CONFIG, f)
+        json.dump(raw, f)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT]), "OMP_NUM_THREADS": "1"}
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     subprocess.run([sys.executable, "-m", "rewardtune", "pretrain", config, "--out", one], env=env, cwd=ROOT,
                    check=True, capture_output=True, timeout=300)
     torchrun("-m", "rewardtune", "pretrain", os.path.join(one, "config.json"), "--out", two)
+    return one, two, config
+
+
+def test_torchrun_cli_matches_one_process_run(tmp_path):
+    """`torchrun --nproc-per-node 2 -m rewardtune pretrain RUN/config.json --out R2` == the 1-process run."""
+    one, two, _ = pretrained_by_one_and_two_processes(tmp_path, CONFIG)
     a, b = weights(one), weights(two)
     assert_close_lists([a[k] for k in a], [b[k] for k in a], **PARAMS)
     assert len(lines(two)) == len(lines(one))  # rank 1 wrote nothing
@@ -200,14 +207,7 @@ def test_torchrun_bf16_with_accumulation_matches_one_process_run(tmp_path):
     """torchrun (2 processes x 2 micro-batches) with train.precision=bf16 trains what one bf16 process trains,
     to bfloat16 rounding (the gradients of the two halves are rounded apart)."""
     raw = {**CONFIG, "train": {**CONFIG["train"], "precision": "bf16", "grad_accum_steps": 2}}
-    config = str(tmp_path / "config.json")
-    with open(config, "w") as f:
-        json.dump(raw, f)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT]), "OMP_NUM_THREADS": "1"}
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    subprocess.run([sys.executable, "-m", "rewardtune", "pretrain", config, "--out", one], env=env, cwd=ROOT,
-                   check=True, capture_output=True, timeout=300)
-    torchrun("-m", "rewardtune", "pretrain", config, "--out", two)
+    one, two, config = pretrained_by_one_and_two_processes(tmp_path, raw)
     a, b, start = weights(one), weights(two), weights_at_init(config)
     drift = sum(float((a[k] - b[k]).square().sum()) for k in a) ** 0.5
     moved = sum(float((a[k] - start[k]).square().sum()) for k in a) ** 0.5

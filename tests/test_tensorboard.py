@@ -7,9 +7,9 @@ import pytest
 
 from rewardtune import metrics_log
 from rewardtune.errors import ConfigError
-from rewardtune.train import TENSORBOARD_IMAGES, _Loop, train
+from rewardtune.train import TENSORBOARD_IMAGES, train
 
-from test_train_core import toy
+from test_train_core import interrupted_at_step_7, toy
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -28,17 +28,8 @@ def jsonl_scalars(run, key):
 
 def test_events_hold_the_logged_scalars_and_drawn_val_outputs_after_a_resume(tmp_path, monkeypatch):
     run = str(tmp_path / "run")
-    original = _Loop._step
-
-    def crash_at_7(self, step):
-        if step == 7:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(_Loop, "_step", crash_at_7)
-    with pytest.raises(KeyboardInterrupt):  # steps 5-7 are logged, then the run resumes from step 4
-        train(toy(tensorboard=True), run, evaluate_at_end=False)
-    monkeypatch.setattr(_Loop, "_step", original)
+    # steps 5-7 are logged, then the run resumes from step 4
+    interrupted_at_step_7(monkeypatch, lambda: train(toy(tensorboard=True), run, evaluate_at_end=False))
     train(toy(tensorboard=True), run, evaluate_at_end=False)
     acc = events(run)
     for key in ("train/loss", "train/lr", "train/grad_norm", "val/accuracy"):

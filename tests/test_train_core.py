@@ -78,6 +78,21 @@ def test_monitor_picks_best_checkpoint_by_the_named_metric_and_sign(tmp_path):
         train(toy(monitor="nope"), str(tmp_path / "nope"))
 
 
+def interrupted_at_step_7(monkeypatch, run) -> None:
+    """Call run() with the loop's step 7 raising KeyboardInterrupt (a Ctrl-C mid-run); the loop is restored after."""
+    original = _Loop._step
+
+    def crash_at_7(self, step):
+        if step == 7:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(_Loop, "_step", crash_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(_Loop, "_step", original)
+
+
 @pytest.mark.parametrize("stage,options", [("mle", {}), ("reward", {}),
                                            ("mle", {"precision": "bf16", "grad_accum_steps": 2}),
                                            ("reward", {"precision": "bf16", "grad_accum_steps": 2})])
@@ -90,17 +105,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, stage
     full = str(tmp_path / "full")
     train(toy(**extra), full, init_dir=init, evaluate_at_end=False)
     broken = str(tmp_path / "broken")
-    original = _Loop._step
-
-    def crash_at_7(self, step):
-        if step == 7:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(_Loop, "_step", crash_at_7)
-    with pytest.raises(KeyboardInterrupt):
-        train(toy(**extra), broken, init_dir=init, evaluate_at_end=False)
-    monkeypatch.setattr(_Loop, "_step", original)
+    interrupted_at_step_7(monkeypatch, lambda: train(toy(**extra), broken, init_dir=init, evaluate_at_end=False))
     assert int(checkpoint.find(broken).rsplit("-", 1)[1]) < 8  # resumes from an earlier step
     train(toy(**extra), broken, init_dir=init, evaluate_at_end=False)
     a, b = weights(full), weights(broken)
