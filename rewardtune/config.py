@@ -28,6 +28,12 @@ class DataConfig:
     max_train_images: int = 0  # 0 = all
     max_val_images: int = 0  # 0 = all
     skip_corrupt: bool = False  # skip (and count) unreadable images instead of stopping
+    # "once": decode every image when the split loads and hold them (uint8 n x 3 x S x S); "on_access": hold
+    # file paths and decode each image when a batch reads it; "auto": once when that takes at most 1 GiB
+    decode: str = "auto"
+    # processes that read training batches ahead of the loop (torch DataLoader workers; 0 = in the loop).
+    # The batches and their order are the same for any value: each step's images are fixed by its position.
+    workers: int = 0
 
 
 @dataclass
@@ -107,6 +113,7 @@ class Config:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _CHOICES = {
+    "data.decode": ("auto", "once", "on_access"),
     "model.stem": ("conv", "patch"),
     "train.stage": ("mle", "reward"),
     "train.schedule": ("cosine", "constant"),
@@ -120,7 +127,8 @@ _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encode
              "train.temperature", "model.mlp_ratio", "train.max_nonfinite", "train.grad_accum_steps")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.threads",
                  "train.eval_images", "train.eval_reward_samples", "train.patience", "train.top_k", "train.aux_weight",
-                 "train.kl_weight", "data.max_train_images", "data.max_val_images", "train.min_lr_ratio")
+                 "train.kl_weight", "data.max_train_images", "data.max_val_images", "train.min_lr_ratio",
+                 "data.workers")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed
 from .config import Config, TrainConfig, save as save_config
 from .credit import check_credit
+from .data.loader import step_batches
 from .errors import ConfigError, UserError
 from .evaluate import evaluate_run, held_out_reward, predict_split
 from .metrics_log import MetricsLog, check_tensorboard
@@ -197,9 +198,14 @@ class _Loop:
         t0, window = time.time(), []
         if self.state.get("finished"):
             start = cfg.steps  # a run that already ended (or stopped early) stays ended
+        d = self.d
+        batches = step_batches(self.train_split, range(start, cfg.steps),
+                               lambda step: batch_indices(step, cfg.batch_size, len(self.train_split), cfg.seed,
+                                                          d.rank, d.world),
+                               self.config.data.workers, pin_memory=d.device.type == "cuda")
         with bar:  # closed (its line ended) also when a step raises, so errors print on their own line
-            for step in range(start, cfg.steps):
-                logs = self._step(step)
+            for step, batch in zip(range(start, cfg.steps), batches):
+                logs = self._step(step, batch)
                 window.append(logs)
                 bar.update(1)
                 done = step + 1
@@ -227,11 +233,11 @@ class _Loop:
                                    f"evaluations (best {abs(self.state['best_metric']):.4f})")
                     break
 
-    def _step(self, step: int) -> dict:
+    def _step(self, step: int, batch: tuple) -> dict:
+        """One optimisation step on `batch`, this rank's share of step `step` (split.batch of its indices)."""
         cfg, d = self.cfg, self.d
-        idx = batch_indices(step, cfg.batch_size, len(self.train_split), cfg.seed, d.rank, d.world)
-        images, targets, ids = self.train_split.batch(idx)
-        images = images.to(d.device)
+        images, targets, ids = batch
+        images = images.to(d.device, non_blocking=True)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         # the step runs the backward passes of its micro-batches itself (their gradients add up in .grad)

@@ -1,5 +1,6 @@
 """Runs killed with SIGKILL (mid-step, during and right after checkpoint writes) and re-run with the
-same command end with parameters and metrics bit-identical to an uninterrupted run: MLE and reward.
+same command end with parameters and metrics bit-identical to an uninterrupted run: MLE and reward,
+and MLE with its batches read by two DataLoader workers (data.workers=2) against the run without.
 
 The runs are real `python -m rewardtune pretrain|tune` processes on the toy task. This module is also
 their task ("task": "test_resume_kill"): the toy task, with a switch that SIGKILLs the process in
@@ -38,6 +39,10 @@ MLE_KILLS = [({checkpoint.KILL_ENV: "4:done"}, "step-4"),  # right after a check
 TUNE_KILLS = [({MID_STEP_ENV: "2"}, None),  # in step 2, before any checkpoint: starts again from --init
               ({checkpoint.KILL_ENV: "8:files"}, "step-6"),
               ({checkpoint.KILL_ENV: "12:done"}, "step-12")]  # after the last checkpoint, before eval
+WORKERS = ["--set", "data.workers=2"]
+WORKER_KILLS = [({MID_STEP_ENV: "5"}, "step-4"),  # in the middle of step 6, workers reading ahead
+                ({checkpoint.KILL_ENV: "8:files"}, "step-6")]  # resumed at 4: workers start again from step 4
+REFERENCE = {"mle": "mle", "tuned": "tuned", "mle_workers": "mle"}  # the uninterrupted run each chain must equal
 
 
 def make_task(config, state=None):
@@ -102,7 +107,7 @@ def runs(tmp_path_factory):
     config = str(tmp / "config.json")
     with open(config, "w") as f:
         json.dump(CONFIG, f)
-    paths = {name: str(tmp / name) for name in ("mle", "mle_killed", "tuned", "tuned_killed")}
+    paths = {name: str(tmp / name) for name in ("mle", "mle_killed", "tuned", "tuned_killed", "mle_workers_killed")}
     rewardtune("pretrain", config, "--out", paths["mle"])
 
     def mle_chain():
@@ -114,24 +119,30 @@ def runs(tmp_path_factory):
         return killed_then_resumed(["tune", config, "--init", paths["mle"], "--out", paths["tuned_killed"], *TUNE],
                                    paths["tuned_killed"], TUNE_KILLS)
 
-    with ThreadPoolExecutor(2) as pool:
-        mle, tune = pool.submit(mle_chain), pool.submit(tune_chain)
-        paths["listings"] = {"mle_killed": mle.result(), "tuned_killed": tune.result()}
+    def workers_chain():
+        return killed_then_resumed(["pretrain", config, "--out", paths["mle_workers_killed"], *WORKERS],
+                                   paths["mle_workers_killed"], WORKER_KILLS)
+
+    with ThreadPoolExecutor(3) as pool:
+        chains = {"mle_killed": mle_chain, "tuned_killed": tune_chain, "mle_workers_killed": workers_chain}
+        futures = {name: pool.submit(chain) for name, chain in chains.items()}
+        paths["listings"] = {name: future.result() for name, future in futures.items()}
     paths["config"] = config
     return paths
 
 
-@pytest.mark.parametrize("stage", ["mle", "tuned"])
+@pytest.mark.parametrize("stage", ["mle", "tuned", "mle_workers"])
 def test_killed_runs_resume_bit_identical(runs, stage):
-    full, killed = weights(runs[stage]), weights(runs[f"{stage}_killed"])
+    reference = runs[REFERENCE[stage]]
+    full, killed = weights(reference), weights(runs[f"{stage}_killed"])
     assert full.keys() == killed.keys()
     assert all(torch.equal(full[k], killed[k]) for k in full)
     # the log is the uninterrupted run's, line for line: no duplicated or missing steps
-    assert records(runs[f"{stage}_killed"]) == records(runs[stage])
-    with open(os.path.join(runs[stage], "eval", "val", "metrics.json")) as f, \
+    assert records(runs[f"{stage}_killed"]) == records(reference)
+    with open(os.path.join(reference, "eval", "val", "metrics.json")) as f, \
             open(os.path.join(runs[f"{stage}_killed"], "eval", "val", "metrics.json")) as g:
         assert json.load(f) == json.load(g)
-    kills = MLE_KILLS if stage == "mle" else TUNE_KILLS
+    kills = {"mle": MLE_KILLS, "tuned": TUNE_KILLS, "mle_workers": WORKER_KILLS}[stage]
     print(f"{stage}: {len(kills)} kill points, all resumed bit-identical")
 
 
@@ -139,7 +150,7 @@ def test_half_written_checkpoint_is_ignored_and_removed(runs):
     """After the kill inside the write of step 8, `.tmp-step-8` held files but was never loaded."""
     after_kill = runs["listings"]["mle_killed"][3]  # MLE_KILLS[3] is "8:files"
     assert ".tmp-step-8" in after_kill and "step-8" not in after_kill
-    for run in ("mle_killed", "tuned_killed"):
+    for run in ("mle_killed", "tuned_killed", "mle_workers_killed"):
         names = os.listdir(os.path.join(runs[run], "checkpoints"))
         assert not [n for n in names if n.startswith(".")], names  # no temporary folder or pointer left
         for name in (n for n in names if n.startswith("step-")):

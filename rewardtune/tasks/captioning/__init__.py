@@ -94,7 +94,7 @@ def make_task(config: Any, state: Optional[dict] = None) -> Task:
             d = config.data
             for name in ("train", "val"):
                 splits[name] = load_split(split_records(config, name, opts.karpathy_file), d.image_size,
-                                          d.skip_corrupt)
+                                          d.skip_corrupt, d.decode)
         return splits
 
     tokenized = functools.lru_cache(maxsize=1 << 16)(tokenize_caption)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ...data.dataset import ImageSplit, load_images
+from ...data.dataset import image_split
 from ...data.files import inside, read_json, require_folder
 from ...errors import ConfigError, DataError
 
@@ -122,11 +122,11 @@ def split_records(config: Any, split: str, karpathy_file: str = "") -> list[Capt
     return records[: limit or None]
 
 
-def load_split(records: Sequence[CaptionRecord], size: int, skip_corrupt: bool = False) -> ImageSplit:
-    """Read the images of `records` -> ImageSplit with targets {"refs": [...]}."""
-    rgb, kept = load_images([r.path for r in records], size, skip_corrupt)
-    if not kept:
+def load_split(records: Sequence[CaptionRecord], size: int, skip_corrupt: bool = False, decode: str = "once"):
+    """The split of `records`, targets {"refs": [...]}, images decoded now or on access (`decode`)."""
+    split = image_split([r.path for r in records], [{"refs": list(r.refs)} for r in records],
+                        [r.id for r in records], size, decode, skip_corrupt)
+    if not len(split):
         folder = os.path.dirname(records[0].path)
         raise DataError(f"{folder}: none of the {len(records)} images could be read")
-    targets = [{"refs": list(records[i].refs)} for i in kept]
-    return ImageSplit(rgb, targets, [records[i].id for i in kept], skipped=len(records) - len(kept))
+    return split

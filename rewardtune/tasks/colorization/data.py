@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from ...data.dataset import ImageSplit, load_images
+from ...data.dataset import ImageSplit, hold_decoded, image_split, load_images
 from ...data.files import require_folder
 from ...errors import ConfigError, DataError
 from .codec import ColorTarget, render_outputs
@@ -61,22 +61,33 @@ def make_split(rgb: np.ndarray, ids: Sequence[str], skipped: int = 0) -> ImageSp
     return ImageSplit(inputs, targets, list(ids), skipped)
 
 
-def load_split(folder: str, size: int, skip_corrupt: bool = False, limit: int = 0) -> ImageSplit:
-    """Every image of `folder` (the first `limit` by name; 0 = all), resized to size x size."""
+def gray_item(rgb: np.ndarray, meta: Any = None) -> tuple[np.ndarray, ColorTarget]:
+    """One resized image -> (the gray input replicated to 3 channels, its ColorTarget), as make_split makes them."""
+    target = ColorTarget.from_rgb(rgb)
+    return np.repeat(target.gray[..., None], 3, axis=-1), target
+
+
+def load_split(folder: str, size: int, skip_corrupt: bool = False, limit: int = 0, decode: str = "once"):
+    """Every image of `folder` (the first `limit` by name; 0 = all), resized to size x size; decoded now,
+    or on access (a FileSplit) as `decode` says."""
     files = list_images(folder)
     ids = list(files)[: limit or None]
-    rgb, kept = load_images([files[k] for k in ids], size, skip_corrupt)
-    if not kept:
+    if hold_decoded(decode, len(ids), size):
+        rgb, kept = load_images([files[k] for k in ids], size, skip_corrupt)
+        split = make_split(rgb, [ids[i] for i in kept], skipped=len(ids) - len(kept))
+    else:
+        split = image_split([files[k] for k in ids], [None] * len(ids), ids, size, "on_access", skip_corrupt, gray_item)
+    if not len(split):
         raise DataError(f"{folder}: none of its {len(ids)} images could be read")
-    return make_split(rgb, [ids[i] for i in kept], skipped=len(ids) - len(kept))
+    return split
 
 
 def datasets(config: Any) -> dict[str, ImageSplit]:
     """{"train", "val"} splits from the config's folders, images resized to data.image_size."""
     d = config.data
     return {
-        "train": load_split(split_folder(config, "train"), d.image_size, d.skip_corrupt, d.max_train_images),
-        "val": load_split(split_folder(config, "val"), d.image_size, d.skip_corrupt, d.max_val_images),
+        "train": load_split(split_folder(config, "train"), d.image_size, d.skip_corrupt, d.max_train_images, d.decode),
+        "val": load_split(split_folder(config, "val"), d.image_size, d.skip_corrupt, d.max_val_images, d.decode),
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ...data.dataset import ImageSplit, load_images
+from ...data.dataset import image_split
 from ...data.files import inside, read_json, require_folder
 from ...errors import DataError
 
@@ -156,8 +156,9 @@ def make_target(image: dict, anns: list[dict], index: dict[int, int], path: str)
             "classes": np.asarray(classes, np.int64), "width": W, "height": H, "annotations": list(anns)}
 
 
-def load_split(config, which: str, state: dict) -> ImageSplit:
-    """Read the "train" or "val" split: validated annotations, resized images, targets."""
+def load_split(config, which: str, state: dict):
+    """Read the "train" or "val" split: validated annotations, targets, and the images (decoded now or on
+    access, as data.decode says)."""
     ann_path, image_dir = split_paths(config, which)
     inst = read_instances(ann_path)
     limit = config.data.max_train_images if which == "train" else config.data.max_val_images
@@ -166,8 +167,8 @@ def load_split(config, which: str, state: dict) -> ImageSplit:
     paths = [inside(image_dir, image["file_name"], context=f"{ann_path}: image {image['id']}") for image in images]
     index = {c["id"]: i for i, c in enumerate(state["categories"])}
     targets = [make_target(im, inst.annotations[im["id"]], index, ann_path) for im in images]
-    arrays, kept = load_images(paths, config.data.image_size, config.data.skip_corrupt)
-    if not kept:
+    split = image_split(paths, targets, [image["id"] for image in images], config.data.image_size,
+                        config.data.decode, config.data.skip_corrupt)
+    if not len(split):
         raise DataError(f"{ann_path}: no readable images in {image_dir}")
-    return ImageSplit(arrays, [targets[i] for i in kept], [images[i]["id"] for i in kept],
-                      skipped=len(images) - len(kept))
+    return split

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from ...data.dataset import ImageSplit, load_images
+from ...data.dataset import ImageSplit, image_split
 from ...data.files import inside, load_rgb, read_json, require_folder, write_json_atomic
 from ...errors import DataError
 from .maps import VOID, bbox_of, id_to_rgb, resize_nearest, rgb_to_id
@@ -133,18 +133,28 @@ def full_gt(target: dict) -> dict:
     return {"map": full, "segments": target["full_segments"]}
 
 
-def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
-    """An ImageSplit of (image, panoptic target, image_id); fills `names[image_id] = (png name, (H, W))`."""
+def panoptic_item(rgb: np.ndarray, meta: tuple) -> tuple[np.ndarray, dict]:
+    """(resized image, (annotation, PNG path, JSON path, model size, category ids, isthing)) -> (image, target):
+    the PNG read and checked against its segments_info."""
+    ann, png, ann_path, size, category_ids, isthing = meta
+    full = read_png_ids(png)
+    check_segments(full, ann["segments_info"], png, ann_path, category_ids, all_in_png=False)
+    segments = _clean_segments(ann["segments_info"], full, isthing)
+    return rgb, make_target(full, segments, size, png, ann["file_name"])
+
+
+def load_split(config, split: str, names: Optional[dict] = None):
+    """A split of (image, panoptic target, image_id); fills `names[image_id] = (png name, (H, W))`.
+
+    Images and PNGs are read now, or when a batch reads them, as data.decode says; on access the
+    original size comes from the JSON's images list ('height', 'width'), else from the PNG's header."""
     ann_path, pngs, image_dir = split_paths(config, split)
     raw = read_panoptic_json(ann_path)
     isthing = {c["id"]: c["isthing"] for c in categories_of(raw)}
-    category_ids = set(isthing)
     if not isinstance(raw.get("images"), list):
         raise DataError(f"{ann_path}: not a COCO panoptic JSON (no 'images' list)")
-    image_files = {}
-    for img in raw["images"]:
-        if isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str):
-            image_files[img["id"]] = img["file_name"]
+    image_info = {img["id"]: img for img in raw["images"]
+                  if isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str)}
     anns = raw["annotations"]
     limit = config.data.max_train_images if split == "train" else config.data.max_val_images
     if limit:
@@ -153,27 +163,38 @@ def load_split(config, split: str, names: Optional[dict] = None) -> ImageSplit:
         raise DataError(f"{ann_path}: the split has no images")
     require_folder(image_dir, source=ann_path)
     require_folder(pngs, "panoptic PNG folder", ann_path)
-    paths = []
-    for ann in anns:
-        if ann["image_id"] not in image_files:
-            raise DataError(f"{ann_path}: image_id {ann['image_id']} has no entry in the 'images' list")
-        paths.append(inside(image_dir, image_files[ann["image_id"]], context=f"{ann_path}: image {ann['image_id']}"))
+    paths, metas = [], []
     size = config.data.image_size
-    images, kept = load_images(paths, size, skip_corrupt=config.data.skip_corrupt)
-    if not kept:
+    for ann in anns:
+        if ann["image_id"] not in image_info:
+            raise DataError(f"{ann_path}: image_id {ann['image_id']} has no entry in the 'images' list")
+        where = f"{ann_path}: image {ann['image_id']}"
+        paths.append(inside(image_dir, image_info[ann["image_id"]]["file_name"], context=where))
+        metas.append((ann, inside(pngs, ann["file_name"], context=where), ann_path, size, set(isthing), isthing))
+    out = image_split(paths, metas, [ann["image_id"] for ann in anns], size, config.data.decode,
+                      config.data.skip_corrupt, panoptic_item)
+    if not len(out):
         raise DataError(f"{ann_path}: no readable images in {image_dir}")
-    targets, ids = [], []
-    for i in kept:
-        ann = anns[i]
-        png = inside(pngs, ann["file_name"], context=f"{ann_path}: image {ann['image_id']}")
-        full = read_png_ids(png)
-        check_segments(full, ann["segments_info"], png, ann_path, category_ids, all_in_png=False)
-        segments = _clean_segments(ann["segments_info"], full, isthing)
-        targets.append(make_target(full, segments, size, png, ann["file_name"]))
-        ids.append(ann["image_id"])
-        if names is not None:
-            names[ann["image_id"]] = (ann["file_name"], tuple(full.shape))
-    return ImageSplit(images, targets, ids, skipped=len(anns) - len(kept))
+    if names is not None:
+        for i, image_id in enumerate(out.ids):
+            names[image_id] = _name_and_shape(out, i, image_info[image_id])
+    return out
+
+
+def _name_and_shape(split, i: int, image: dict) -> tuple[str, tuple[int, int]]:
+    """(PNG name, original (H, W)) of item i: from its target when held, else the JSON or the PNG header."""
+    if isinstance(split, ImageSplit):
+        target = split.targets[i]
+        return target["file_name"], tuple(target["full_size"])
+    ann, png = split.metas[i][:2]
+    height, width = image.get("height"), image.get("width")
+    if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+        return ann["file_name"], (height, width)
+    try:
+        with Image.open(png) as im:
+            return ann["file_name"], (im.height, im.width)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{png}: panoptic PNG missing or unreadable ({e.__class__.__name__})") from None
 
 
 def _save_png_atomic(rgb: np.ndarray, path: str) -> None:
