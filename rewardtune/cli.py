@@ -52,6 +52,11 @@ def cmd_data_shapes(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def cmd_data_check(args) -> None:
+    from .data.check import check_folder
+    check_folder(args.task, args.root, args.split, workers=args.workers)
+
+
 def cmd_score(args) -> None:
     from .score import option, score
     from .tasks import file_scorer
@@ -136,6 +141,19 @@ def _add_data(sub) -> None:
     s.add_argument("--image-size", type=int, default=64, help="side of the square images, in pixels")
     s.add_argument("--seed", type=int, default=0, help="the world's random seed")
     s.add_argument("--level", default="medium", choices=list(LEVELS), help="how hard the scenes are")
+    c = _subcommand(data, "check", "what a COCO-layout folder holds for a task, and what is wrong with it",
+                    cmd_data_check, "Reads the task's annotation files under ROOT/annotations/ and every image they "
+                    "name under ROOT/images/<split>/ in full; prints, per split, the images, annotations and "
+                    "categories and each problem found (missing or unreadable images, annotations of unknown "
+                    "images or categories, boxes outside their image, empty categories). Exit 0 when none, "
+                    "else 2 with one summary line. Example:\n"
+                    "  rewardtune data check --task detection --root coco --split train2017 --workers 8")
+    c.add_argument("--task", required=True, help="detection or captioning, or the import path of a task module "
+                                                 "that defines DATA_CHECK")
+    c.add_argument("--root", required=True, help="the dataset folder (annotations/, images/<split>/)")
+    c.add_argument("--split", action="append", default=[], help="a split to check, e.g. val2017 (repeatable; "
+                                                                "default: every split with an annotation file)")
+    c.add_argument("--workers", type=int, default=0, help="processes that read the images (0: this one)")
 
 
 def _add_stage(sub, name: str) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # the registry stays importable without torch (the CLI lists TASKS in its help)
-    from .base import FileScorer, Task
+    from .base import DataCheck, FileScorer, Task
 
 TASKS = {
     "detection": "rewardtune.tasks.detection",
@@ -44,3 +44,12 @@ def file_scorer(name: str) -> FileScorer:
         raise ConfigError(f"score: task {name!r} offers no file scoring (its module defines no FILE_SCORER, "
                           "a rewardtune.tasks.base.FileScorer)")
     return scorer
+
+
+def data_checker(name: str) -> DataCheck:
+    """The `DataCheck` of task `name` (`rewardtune data check`); ConfigError if its module offers none."""
+    checker = getattr(task_module(name, "data check --task"), "DATA_CHECK", None)
+    if checker is None or not callable(getattr(checker, "check", None)):
+        raise ConfigError(f"data check: task {name!r} offers no data check (its module defines no DATA_CHECK, "
+                          "a rewardtune.tasks.base.DataCheck)")
+    return checker

@@ -120,3 +120,19 @@ class FileScorer:
 
     files: Sequence[tuple[str, str]]
     score: Callable[..., "dict[str, Any]"]
+
+
+@dataclass
+class DataCheck:
+    """How `rewardtune data check --task TASK --root DIR` reads a task's files in a COCO-layout folder.
+
+    splits: (root) -> the split names that have an annotation file of the task under root.
+    check: (root, split) -> {"annotations": the file read, "image_folder": where its images are,
+    "counts": {what: number} (images, annotations, categories...), "problems": [(kind, one line), ...]
+    found in the annotations, "images": [(image id, path, width or None, height or None), ...] every
+    image the split names}. The core then reads every image in full (missing, unreadable, wrong size).
+    A file it cannot read at all raises DataError with one line naming it.
+    """
+
+    splits: Callable[[str], "list[str]"]
+    check: Callable[[str, str], "dict[str, Any]"]

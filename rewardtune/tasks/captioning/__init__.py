@@ -20,10 +20,11 @@ import torch
 
 from ...config import task_options
 from ...errors import ConfigError, DataError
-from ..base import FileScorer, Task
+from ..base import DataCheck, FileScorer, Task
+from ..detection.data import annotated_splits
 from .cider import CiderD, NgramTable, cider_d
 from .codec import CaptionCodec
-from .data import load_split, split_records
+from .data import check_captions_file, load_split, split_records
 from .metrics import caption_metrics, score_files, split_metrics, write_predictions
 from .tokenizer import Vocab, tokenize, tokenize_caption
 from .viz import visualize
@@ -34,6 +35,8 @@ __all__ = ["CaptioningOptions", "CaptionCodec", "CiderD", "NgramTable", "Vocab",
 # `rewardtune score captioning`: the files it reads and the function that scores them
 FILE_SCORER = FileScorer(files=(("pred", "results JSON: [{image_id, caption}]"),
                                 ("gt", "COCO captions JSON (images, annotations with captions)")), score=score_files)
+# `rewardtune data check --task captioning --root DIR`: ROOT/annotations/captions_<split>.json + ROOT/images/<split>/
+DATA_CHECK = DataCheck(splits=functools.partial(annotated_splits, prefix="captions_"), check=check_captions_file)
 
 
 @dataclass

@@ -64,6 +64,35 @@ def coco_captions(data: Any, path: str) -> dict:
     return refs
 
 
+def check_captions_file(root: str, split: str) -> dict:
+    """DataCheck.check: every problem of ROOT/annotations/captions_<split>.json (captions of unknown images,
+    empty captions, images without captions) and the images it names under ROOT/images/<split>/."""
+    path = os.path.join(root, "annotations", f"captions_{split}.json")
+    image_dir = os.path.join(root, "images", split)
+    data = read_json(path)
+    images, anns = _entries(path, data, "images"), _entries(path, data, "annotations")
+    count, problems = {}, []
+    for image in images:
+        count[_field(path, image, "id", "image")] = 0
+    for ann in anns:
+        image_id = _field(path, ann, "image_id", "annotation")
+        caption = _field(path, ann, "caption", f"annotation of image id {image_id}")
+        if image_id not in count:
+            problems.append(("caption of an unknown image", f"{path}: a caption of image id {image_id}"))
+        elif not isinstance(caption, str) or not caption.strip():
+            problems.append(("empty caption", f"{path}: image id {image_id}: caption {caption!r}"))
+        else:
+            count[image_id] += 1
+    problems += [("image without captions", f"{path}: image id {i}") for i, n in count.items() if not n]
+    require_folder(image_dir, source=path)
+    size = lambda image, key: image[key] if isinstance(image.get(key), int) else None  # noqa: E731
+    entries = [(image["id"], inside(image_dir, _field(path, image, "file_name", f"image id {image['id']}"),
+                                    context=f"{path}: image id {image['id']}"), size(image, "width"),
+                size(image, "height")) for image in images]
+    return {"annotations": path, "image_folder": image_dir, "problems": problems, "images": entries,
+            "counts": {"images": len(images), "captions": len(anns)}}
+
+
 def read_coco(annotations: str, image_dir: str) -> list[CaptionRecord]:
     """COCO captions JSON + its image folder -> records in the file's order of 'images'."""
     data = read_json(annotations)

@@ -25,11 +25,11 @@ import numpy as np
 from ...config import task_options
 from ...data.files import write_json_atomic
 from ...errors import ConfigError, DataError
-from ..base import FileScorer, Task
+from ..base import DataCheck, FileScorer, Task
 from .aux import iou_confidence_loss, self_iou_mle_loss
 from .codec import BOX_ORDERS, SCORES, DetectionCodec
 from .headroom import headroom
-from .data import load_split, read_instances, split_paths, task_state
+from .data import annotated_splits, check_instances, load_split, read_instances, split_paths, task_state
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
 from .rewards import class_weights, detection_stats, iou_conf_targets, map_reward, recall_reward
 from .score_head import calibrate, spearman
@@ -41,6 +41,8 @@ __all__ = ["DetectionOptions", "DetectionCodec", "make_task", "score_files"]
 FILE_SCORER = FileScorer(files=(("pred", "COCO results JSON: [{image_id, category_id, bbox [x, y, w, h], "
                                          "score}]"),
                                 ("gt", "COCO instances JSON (images, annotations, categories)")), score=score_files)
+# `rewardtune data check --task detection --root DIR`: ROOT/annotations/instances_<split>.json + ROOT/images/<split>/
+DATA_CHECK = DataCheck(splits=partial(annotated_splits, prefix="instances_"), check=check_instances)
 
 
 @dataclass

@@ -79,8 +79,8 @@ def _check_box(ann: dict, image: dict, path: str) -> None:
         raise DataError(f"{where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
 
 
-def parse_instances(raw: Any, path: str) -> Instances:
-    """Validate a parsed COCO instances JSON (schema, ids, boxes) -> Instances."""
+def _schema(raw: Any, path: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(images, categories, annotations) of a parsed instances file, each record's fields checked."""
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a COCO instances object with images, annotations, categories")
     positive = lambda v: _is_int(v) and v > 0  # noqa: E731
@@ -90,6 +90,12 @@ def parse_instances(raw: Any, path: str) -> Instances:
     bbox_ok = lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_number, v))  # noqa: E731
     anns = _records(raw, "annotations", {"id": _is_int, "image_id": _is_int, "category_id": _is_int,
                                          "bbox": bbox_ok}, path)
+    return images, categories, anns
+
+
+def parse_instances(raw: Any, path: str) -> Instances:
+    """Validate a parsed COCO instances JSON (schema, ids, boxes) -> Instances."""
+    images, categories, anns = _schema(raw, path)
     image_by_id = _unique_ids(images, "image", path)
     category_by_id = _unique_ids(categories, "category", path)
     by_image: dict[int, list[dict]] = {i: [] for i in image_by_id}
@@ -102,6 +108,49 @@ def parse_instances(raw: Any, path: str) -> Instances:
         by_image[ann["image_id"]].append(ann)
     return Instances(path, sorted(images, key=lambda im: im["id"]), by_image,
                      sorted(categories, key=lambda c: c["id"]))
+
+
+def check_instances(root: str, split: str) -> dict:
+    """DataCheck.check: every problem of ROOT/annotations/instances_<split>.json (unknown image or
+    category, box outside its image or without size, category without annotations) and its images."""
+    ann_path = os.path.join(root, "annotations", f"instances_{split}.json")
+    image_dir = os.path.join(root, "images", split)
+    raw = read_json(ann_path)
+    images, categories, anns = _schema(raw, ann_path)
+    image_by_id = _unique_ids(images, "image", ann_path)
+    used = {c: 0 for c in _unique_ids(categories, "category", ann_path)}
+    problems = []
+    for ann in anns:
+        if ann["image_id"] not in image_by_id:
+            problems.append(("annotation of an unknown image", f"{ann_path}: annotation {ann['id']}: "
+                                                               f"image_id {ann['image_id']}"))
+        elif ann["category_id"] not in used:
+            problems.append(("annotation of an unknown category", f"{ann_path}: annotation {ann['id']}: "
+                                                                  f"category_id {ann['category_id']}"))
+        else:
+            used[ann["category_id"]] += 1
+            try:
+                _check_box(ann, image_by_id[ann["image_id"]], ann_path)
+            except DataError as e:
+                kind = "box outside its image" if "outside" in str(e) else "malformed box"
+                problems.append((kind, str(e)))
+    for c in categories:
+        if not used[c["id"]]:
+            problems.append(("empty category", f"{ann_path}: category {c['id']} ({c['name']!r}) has no annotations"))
+    if not images:
+        problems.append(("empty split", f"{ann_path}: the split has no images"))
+    require_folder(image_dir, source=ann_path)
+    entries = [(im["id"], inside(image_dir, im["file_name"], context=f"{ann_path}: image {im['id']}"),
+                im["width"], im["height"]) for im in images]
+    return {"annotations": ann_path, "image_folder": image_dir, "problems": problems, "images": entries,
+            "counts": {"images": len(images), "annotations": len(anns), "categories": len(categories)}}
+
+
+def annotated_splits(root: str, prefix: str) -> list[str]:
+    """DataCheck.splits: the <split> of every ROOT/annotations/<prefix><split>.json, sorted."""
+    folder = os.path.join(root, "annotations")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [n[len(prefix):-len(".json")] for n in names if n.startswith(prefix) and n.endswith(".json")]
 
 
 def read_instances(path: str) -> Instances:
