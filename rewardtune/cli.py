@@ -53,7 +53,7 @@ def cmd_data_shapes(args) -> None:
 
 
 def cmd_data_check(args) -> None:
-    from .data.check import check_folder
+    from .data_check import check_folder
     check_folder(args.task, args.root, args.split, workers=args.workers)
 
 

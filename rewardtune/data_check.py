@@ -11,8 +11,9 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional, Sequence
 
-from ..errors import DataError
-from .files import load_rgb
+from .data.files import load_rgb
+from .errors import DataError
+from .tasks import data_checker
 
 EXAMPLES = 5  # problem lines shown per kind and split
 MISSING, UNREADABLE, WRONG_SIZE = "missing image", "unreadable image", "image size differs from the annotation file"
@@ -61,8 +62,7 @@ def check_folder(task: str, root: str, splits: Sequence[str] = (), workers: int 
     """Check the splits of `root` (default: every split the task finds there) -> the report's lines.
 
     Raises DataError with one summary line, after the report is printed, when any split has a problem."""
-    from ..tasks import data_checker  # the task's own reading of its files
-    checker = data_checker(task)
+    checker = data_checker(task)  # the task's own reading of its files
     if not os.path.isdir(root):
         raise DataError(f"{root}: dataset folder not found")
     splits = list(splits) or checker.splits(root)
