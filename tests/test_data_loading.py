@@ -132,3 +132,15 @@ def test_training_with_two_workers_is_training_without(world, tmp_path):
     (log0, w0), (log2, w2) = runs[0], runs[2]
     assert len([r for r in log0 if "train/loss" in r]) == 4 and log0 == log2
     assert all(torch.equal(w0[k], w2[k]) for k in w0)
+
+
+def test_colorization_palette_from_the_first_training_images(world):
+    """task_options.palette_images=N learns the palette from the first N images: as a split of those N would."""
+    capped, first, every = (config("colorization", world, "on_access") for _ in range(3))
+    capped.task_options = {**capped.task_options, "palette_images": 10}
+    first.data.max_train_images = 10
+    palettes = [make_task(c).state["palette"] for c in (capped, first, every)]
+    assert palettes[0] == palettes[1] and palettes[0] != palettes[2]
+    capped.task_options["palette_images"] = -1
+    with pytest.raises(ConfigError, match="'task_options.palette_images': must be >= 0, got -1"):
+        make_task(capped)

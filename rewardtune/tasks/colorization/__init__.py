@@ -5,7 +5,8 @@
 
 Options (config.task_options): palette_size (K colours incl. neutral; vocab = K + 1), grid (cells
 per side; max_len = grid^2 + 1), fidelity_weight (colorfulness points per dB of PSNR in the
-"colorfulness_fidelity" reward).
+"colorfulness_fidelity" reward), palette_images (the palette is learned from the first N training
+images; 0 = all).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class ColorizationOptions:
     palette_size: int = 64  # K palette colours, entry 0 neutral gray; 2..512
     grid: int = 16  # grid x grid chroma cells (16 on 64 x 64 images = 4 x 4 pixel cells)
     fidelity_weight: float = 10.0  # colorfulness points per dB of PSNR in "colorfulness_fidelity"
+    palette_images: int = 0  # learn the palette from the first N training images (0 = all of them)
 
 
 def options(config: Any) -> ColorizationOptions:
@@ -51,6 +53,8 @@ def options(config: Any) -> ColorizationOptions:
     if not 1 <= opts.grid <= config.data.image_size:
         raise ConfigError(f"config key 'task_options.grid': must be in 1..data.image_size "
                           f"({config.data.image_size}), got {opts.grid}")
+    if opts.palette_images < 0:
+        raise ConfigError(f"config key 'task_options.palette_images': must be >= 0, got {opts.palette_images}")
     if not (math.isfinite(opts.fidelity_weight) and opts.fidelity_weight >= 0):
         raise ConfigError(f"config key 'task_options.fidelity_weight': must be a finite number >= 0, "
                           f"got {opts.fidelity_weight}")
@@ -98,7 +102,9 @@ def make_task(config: Any, state: Optional[dict] = None) -> Task:
         return splits
 
     if state is None:
-        palette = learn_palette(load()["train"].targets, opts.grid, opts.palette_size)
+        targets = load()["train"].targets
+        palette = learn_palette(targets[:opts.palette_images] if opts.palette_images else targets, opts.grid,
+                                opts.palette_size)
     else:
         palette = palette_from_state(state, opts.palette_size)
     return Task(
