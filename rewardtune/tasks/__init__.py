@@ -37,19 +37,21 @@ def make_task(config, state: Optional[dict] = None) -> Task:
     return task_module(config.task).make_task(config, state)
 
 
+def _offered(name: str, command: str, attribute: str, kind: str, method: str, what: str):
+    """The `attribute` (a tasks.base.`kind` with a callable `method`) of task `name`'s module, which `command`
+    needs; ConfigError naming the task if its module offers none."""
+    offer = getattr(task_module(name, command), attribute, None)
+    if offer is None or not callable(getattr(offer, method, None)):
+        raise ConfigError(f"{command.split(' --')[0]}: task {name!r} offers no {what} (its module defines no "
+                          f"{attribute}, a rewardtune.tasks.base.{kind})")
+    return offer
+
+
 def file_scorer(name: str) -> FileScorer:
     """The `FileScorer` of task `name` (`rewardtune score`); ConfigError if its module offers none."""
-    scorer = getattr(task_module(name, "score"), "FILE_SCORER", None)
-    if scorer is None or not callable(getattr(scorer, "score", None)):
-        raise ConfigError(f"score: task {name!r} offers no file scoring (its module defines no FILE_SCORER, "
-                          "a rewardtune.tasks.base.FileScorer)")
-    return scorer
+    return _offered(name, "score", "FILE_SCORER", "FileScorer", "score", "file scoring")
 
 
 def data_checker(name: str) -> DataCheck:
     """The `DataCheck` of task `name` (`rewardtune data check`); ConfigError if its module offers none."""
-    checker = getattr(task_module(name, "data check --task"), "DATA_CHECK", None)
-    if checker is None or not callable(getattr(checker, "check", None)):
-        raise ConfigError(f"data check: task {name!r} offers no data check (its module defines no DATA_CHECK, "
-                          "a rewardtune.tasks.base.DataCheck)")
-    return checker
+    return _offered(name, "data check --task", "DATA_CHECK", "DataCheck", "check", "data check")
