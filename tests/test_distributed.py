@@ -56,8 +56,8 @@ def train_capturing_gradients(stage, config_path, run, init=None):
     config.train.stage = stage
     grads, original = [], _Loop._step
 
-    def step_and_keep_gradients(loop, step):
-        logs = original(loop, step)
+    def step_and_keep_gradients(loop, *args):  # (step, batch)
+        logs = original(loop, *args)
         grads.append([p.grad.detach().clone() for p in loop.model.parameters()])
         return logs
 

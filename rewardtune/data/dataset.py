@@ -10,7 +10,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-
 from PIL import Image
 
 from .files import load_rgb, resize_rgb

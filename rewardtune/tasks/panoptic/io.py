@@ -164,13 +164,13 @@ def load_split(config, split: str, names: Optional[dict] = None):
     require_folder(image_dir, source=ann_path)
     require_folder(pngs, "panoptic PNG folder", ann_path)
     paths, metas = [], []
-    size = config.data.image_size
+    size, category_ids = config.data.image_size, set(isthing)
     for ann in anns:
         if ann["image_id"] not in image_info:
             raise DataError(f"{ann_path}: image_id {ann['image_id']} has no entry in the 'images' list")
         where = f"{ann_path}: image {ann['image_id']}"
         paths.append(inside(image_dir, image_info[ann["image_id"]]["file_name"], context=where))
-        metas.append((ann, inside(pngs, ann["file_name"], context=where), ann_path, size, set(isthing), isthing))
+        metas.append((ann, inside(pngs, ann["file_name"], context=where), ann_path, size, category_ids, isthing))
     out = image_split(paths, metas, [ann["image_id"] for ann in anns], size, config.data.decode,
                       config.data.skip_corrupt, panoptic_item)
     if not len(out):
