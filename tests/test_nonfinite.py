@@ -40,8 +40,8 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path, monkeypatch):
     monkeypatch.setitem(steps.STEPS, "mle", poisoned_mle_step)
     params, original = [], _Loop._step
 
-    def step_and_keep_parameters(loop, step):
-        logs = original(loop, step)
+    def step_and_keep_parameters(loop, *args):  # (step, batch)
+        logs = original(loop, *args)
         params.append([p.detach().clone() for p in loop.model.parameters()])
         return logs
 

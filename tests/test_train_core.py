@@ -82,10 +82,10 @@ def interrupted_at_step_7(monkeypatch, run) -> None:
     """Call run() with the loop's step 7 raising KeyboardInterrupt (a Ctrl-C mid-run); the loop is restored after."""
     original = _Loop._step
 
-    def crash_at_7(self, step):
+    def crash_at_7(self, step, *batch):
         if step == 7:
             raise KeyboardInterrupt
-        return original(self, step)
+        return original(self, step, *batch)
 
     monkeypatch.setattr(_Loop, "_step", crash_at_7)
     with pytest.raises(KeyboardInterrupt):
