@@ -71,5 +71,6 @@ def test_paper_recipe_builds_its_task_and_a_vit_b16_model_without_data(name):
     encoder = sum(p.numel() for p in model.encoder.parameters())
     assert 85e6 < encoder < 88e6, f"{name}: encoder of {encoder / 1e6:.1f} M parameters, ViT-B/16 has about 86 M"
     assert config.model.patch_size == 16 and config.data.image_size % 16 == 0 and config.data.decode == "on_access"
+    assert config.train.precision == "bf16"
     if config.task == "detection":
         assert (task.codec.max_len, config.data.image_size) == (601, 640)  # 100 boxes of 6 tokens + end, 640 px
