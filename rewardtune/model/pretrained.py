@@ -23,7 +23,6 @@ features then differ from the source model's until fine-tuned). Heads of a class
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.files import read_json
 from ..errors import ConfigError, DataError
 from .vit import ViTEncoder
 
@@ -156,13 +156,7 @@ def from_hf_folder(path: str) -> Converted:
     if weights is None:
         raise DataError(f"{path}: no {' or '.join(HF_FILES)} in this folder")
     config_path = os.path.join(path, "config.json")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{config_path}: not found (a transformers checkpoint folder has one)") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    config = read_json(config_path)
     if config.get("hidden_act", "gelu") != "gelu":
         raise DataError(f"{config_path}: hidden_act {config['hidden_act']!r}, the encoder's MLP uses exact 'gelu'")
     tensors = _read_safetensors(weights) if weights.endswith(".safetensors") else _read_torch(weights)
