@@ -45,6 +45,13 @@ class ModelConfig:
     decoder_depth: int = 3
     heads: int = 4
     mlp_ratio: float = 4.0
+    # The standard ViT's pieces, for pretrained encoders (docs/design.md#pretrained-encoders):
+    pos: str = "sincos"  # "sincos" (fixed 2D sin-cos) or "learned" (a position embedding, as ViT)
+    cls_token: bool = False  # a class token in the encoder's attention (dropped from its output)
+    encoder_ln_eps: float = 1e-5  # the encoder's layer-norm epsilon (timm, big_vision: 1e-6; HF: its config's)
+    # A local ViT checkpoint (HF folder or .safetensors, timm .pth/.pt/.safetensors, big_vision .npz) loaded into
+    # the encoder at the start of a fresh run (not on resume, not with --init); "" = random initialisation.
+    init_encoder: str = ""
 
 
 @dataclass
@@ -115,6 +122,7 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _CHOICES = {
     "data.decode": ("auto", "once", "on_access"),
     "model.stem": ("conv", "patch"),
+    "model.pos": ("sincos", "learned"),
     "train.stage": ("mle", "reward"),
     "train.schedule": ("cosine", "constant"),
     "train.baseline": ("loo", "greedy"),
@@ -124,7 +132,8 @@ _CHOICES = {
 _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encoder_depth",
              "model.decoder_depth", "model.heads", "train.steps", "train.batch_size", "train.lr",
              "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-             "train.temperature", "model.mlp_ratio", "train.max_nonfinite", "train.grad_accum_steps")
+             "train.temperature", "model.mlp_ratio", "train.max_nonfinite", "train.grad_accum_steps",
+             "model.encoder_ln_eps")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.threads",
                  "train.eval_images", "train.eval_reward_samples", "train.patience", "train.top_k", "train.aux_weight",
                  "train.kl_weight", "data.max_train_images", "data.max_val_images", "train.min_lr_ratio",
@@ -215,6 +224,10 @@ def validate(config: Config) -> None:
     if config.train.batch_size % config.train.grad_accum_steps:
         raise ConfigError(f"config key 'train.grad_accum_steps': {config.train.grad_accum_steps} does not divide "
                           f"train.batch_size {config.train.batch_size}")
+    for key, needed in (("stem", "patch"), ("pos", "learned")):
+        if config.model.init_encoder and getattr(config.model, key) != needed:
+            raise ConfigError(f"config key 'model.{key}': model.init_encoder loads a standard ViT, which needs "
+                              f"model.{key}={needed}, got {getattr(config.model, key)!r}")
     if config.train.stage == "reward" and config.train.num_samples < 2:
         raise ConfigError("config key 'train.num_samples': the leave-one-out baseline needs >= 2 samples")
     if config.train.credit == "token" and config.train.baseline != "loo":

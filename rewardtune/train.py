@@ -26,6 +26,7 @@ from .errors import ConfigError, UserError
 from .evaluate import evaluate_run, held_out_reward, predict_split
 from .metrics_log import MetricsLog, check_tensorboard
 from .model.encdec import build_model
+from .model.pretrained import load_encoder
 from .outputs import resolve_reward
 from .steps import STEPS, StepContext
 from .tasks import make_task
@@ -128,6 +129,10 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
     model = build_model(config.model, config.data.image_size, task.codec).to(d.device)
     if source:
         checkpoint.load_weights(model, source["model"], resume or init, config.task, source["state"].get("task"))
+    elif config.model.init_encoder:  # a fresh run: the pretrained encoder (a resumed or --init run has its weights)
+        loaded = load_encoder(config.model.init_encoder, model.encoder)
+        if d.main:
+            tqdm.write(f"rewardtune: {loaded}", file=sys.stderr)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_weight > 0 else None
     optimizer, scheduler = make_optimizer(model, cfg)
     # baseline_state: the leave-one-out and greedy baselines hold no state across steps (None).

@@ -31,11 +31,13 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, image_size: int, vocab_size: int, max_len: int, end_token: int, *,
                  stem: str = "conv", patch_size: int = 8, width: int = 128, encoder_depth: int = 2,
-                 decoder_depth: int = 3, heads: int = 4, mlp_ratio: float = 4.0,
+                 decoder_depth: int = 3, heads: int = 4, mlp_ratio: float = 4.0, pos: str = "sincos",
+                 cls_token: bool = False, encoder_ln_eps: float = 1e-5,
                  grammar: Optional[torch.Tensor] = None, read_back: Optional[torch.Tensor] = None):
         super().__init__()
         self.vocab_size, self.max_len, self.end_token = vocab_size, max_len, end_token
-        self.encoder = ViTEncoder(image_size, patch_size, width, encoder_depth, heads, mlp_ratio, stem)
+        self.encoder = ViTEncoder(image_size, patch_size, width, encoder_depth, heads, mlp_ratio, stem, pos,
+                                  cls_token, encoder_ln_eps)
         self.decoder = Decoder(vocab_size, max_len, width, decoder_depth, heads, mlp_ratio)
         if grammar is not None:
             assert grammar.shape == (max_len, vocab_size), f"grammar {tuple(grammar.shape)}"
@@ -175,7 +177,8 @@ def build_model(model_config, image_size: int, codec) -> EncoderDecoder:
     m = model_config
     return EncoderDecoder(image_size, codec.vocab_size, codec.max_len, codec.end_token, stem=m.stem,
                           patch_size=m.patch_size, width=m.width, encoder_depth=m.encoder_depth,
-                          decoder_depth=m.decoder_depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
+                          decoder_depth=m.decoder_depth, heads=m.heads, mlp_ratio=m.mlp_ratio, pos=m.pos,
+                          cls_token=m.cls_token, encoder_ln_eps=m.encoder_ln_eps,
                           grammar=codec.grammar(), read_back=read_back_table(codec))
 
 

@@ -1,4 +1,9 @@
-"""ViT encoder: a patch (or strided-convolution) stem, fixed 2D sin-cos positions, pre-LN blocks."""
+"""ViT encoder: a patch (or strided-convolution) stem, fixed 2D sin-cos (or learned) positions, pre-LN blocks.
+
+The defaults (conv stem, sin-cos positions, no class token, layer-norm eps 1e-5) are rewardtune's own
+encoder. `stem="patch"`, `pos="learned"`, `cls_token=True` and the checkpoint's `ln_eps` make it the
+standard ViT (Dosovitskiy et al.), which `model/pretrained.py` loads weights into.
+"""
 from __future__ import annotations
 
 import math
@@ -46,11 +51,11 @@ class SelfAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, ln_eps: float = 1e-5):
         super().__init__()
-        self.ln1 = nn.LayerNorm(width)
+        self.ln1 = nn.LayerNorm(width, eps=ln_eps)
         self.attn = SelfAttention(width, heads)
-        self.ln2 = nn.LayerNorm(width)
+        self.ln2 = nn.LayerNorm(width, eps=ln_eps)
         self.mlp = MLP(width, int(width * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,23 +78,40 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
 
 
 class ViTEncoder(nn.Module):
-    """Images FloatTensor[B, 3, S, S] in [0, 1] -> tokens FloatTensor[B, (S/P)^2, width]."""
+    """Images FloatTensor[B, 3, S, S] in [0, 1] -> tokens FloatTensor[B, (S/P)^2, width].
+
+    stem: "conv" (strided 3x3 convolutions) or anything else: one Conv2d patch x patch (ViT's patchify).
+    pos: "sincos" (fixed, a non-persistent buffer) or "learned" (a parameter `pos`, initialised to sin-cos).
+    cls_token: prepend a learned class token `cls` (standard ViT: it holds the class token plus its position
+    embedding); it takes part in attention and is dropped from the output, which stays one token per patch.
+    ln_eps: the epsilon of every layer norm (ViT checkpoints: 1e-6 for timm and big_vision, HF's
+    `layer_norm_eps`).
+    """
 
     def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 mlp_ratio: float, stem: str = "conv"):
+                 mlp_ratio: float, stem: str = "conv", pos: str = "sincos", cls_token: bool = False,
+                 ln_eps: float = 1e-5):
         super().__init__()
-        grid = image_size // patch_size
+        self.grid = image_size // patch_size
         if stem == "conv":
             self.stem = conv_stem(width, patch_size)
         else:
             self.stem = nn.Conv2d(3, width, patch_size, stride=patch_size)
-        self.register_buffer("pos", sincos_2d(grid, grid, width), persistent=False)
-        self.blocks = nn.ModuleList(EncoderBlock(width, heads, mlp_ratio) for _ in range(depth))
-        self.ln = nn.LayerNorm(width)
+        positions = sincos_2d(self.grid, self.grid, width)
+        if pos == "learned":
+            self.pos = nn.Parameter(positions)
+        else:
+            self.register_buffer("pos", positions, persistent=False)
+        self.cls = nn.Parameter(torch.zeros(width)) if cls_token else None
+        self.blocks = nn.ModuleList(EncoderBlock(width, heads, mlp_ratio, ln_eps) for _ in range(depth))
+        self.ln = nn.LayerNorm(width, eps=ln_eps)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.stem(images * 2.0 - 1.0)  # (B, C, G, G)
         x = x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, C)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.ln(x)
+        x = self.ln(x)
+        return x if self.cls is None else x[:, 1:]
