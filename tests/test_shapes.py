@@ -13,9 +13,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from rewardtune.data.shape_masks import morph_mask, shape_mask
 from rewardtune.data.shapes import (COLOURS, CONFUSABLE, KINDS, LEVELS, STUFF, WorldLevel, _place,
-                                    generate_shapes, kind_frequencies, look_range, make_scene, morph_mask,
-                                    object_mask, shape_mask)
+                                    generate_shapes, kind_frequencies, look_range, make_scene, object_mask)
 from rewardtune.data.shapes_captions import counted, describe, join, number, position, relation
 from rewardtune.errors import ConfigError
 
