@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .losses import reward_to_go_advantage
 from .tasks.base import ITEM_PART, Task
 
+
 def check_credit(task: Task, train) -> None:
     """ConfigError, before anything runs, when train.credit = "token" cannot work with this task."""
     if train.stage == "reward" and train.credit == "token" and task.item_tokens is None:
@@ -61,7 +62,7 @@ def spread_over_tokens(spans: Sequence[np.ndarray], position_adv: torch.Tensor, 
             out[s, start:min(int(stop), length)] = position_adv[s, k]
             owned[start:min(int(stop), length)] = True
         free = np.flatnonzero(~owned)
-        out[s, torch.from_numpy(free)] = position_adv[s, torch.from_numpy(np.minimum(next_item[free], len(span)))]
+        out[s, torch.from_numpy(free)] = position_adv[s, torch.from_numpy(next_item[free])]
     return out
 
 
