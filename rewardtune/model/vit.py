@@ -7,6 +7,7 @@ standard ViT (Dosovitskiy et al.), which `model/pretrained.py` loads weights int
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -63,11 +64,11 @@ class EncoderBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-def conv_stem(width: int, patch_size: int) -> nn.Sequential:
+def conv_stem(width: int, patch_size: int, in_channels: int = 3) -> nn.Sequential:
     """Strided 3x3 convolutions down to one token per patch (faster to train than a linear patchify)."""
     steps = int(math.log2(patch_size))
     assert 2 ** steps == patch_size, "the conv stem needs a power-of-two patch size"
-    layers, channels = [], 3
+    layers, channels = [], in_channels
     for i in range(steps):
         out = width if i == steps - 1 else max(16, width // 2 ** (steps - 1 - i))
         layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1)]
@@ -85,18 +86,18 @@ class ViTEncoder(nn.Module):
     cls_token: prepend a learned class token `cls` (standard ViT: it holds the class token plus its position
     embedding); it takes part in attention and is dropped from the output, which stays one token per patch.
     ln_eps: the epsilon of every layer norm (ViT checkpoints: 1e-6 for timm and big_vision, HF's
-    `layer_norm_eps`).
+    `layer_norm_eps`). in_channels: channels of the input (3 for images; UViM's oracle reads dense targets).
     """
 
     def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int,
                  mlp_ratio: float, stem: str = "conv", pos: str = "sincos", cls_token: bool = False,
-                 ln_eps: float = 1e-5):
+                 ln_eps: float = 1e-5, in_channels: int = 3):
         super().__init__()
         self.grid = image_size // patch_size
         if stem == "conv":
-            self.stem = conv_stem(width, patch_size)
+            self.stem = conv_stem(width, patch_size, in_channels)
         else:
-            self.stem = nn.Conv2d(3, width, patch_size, stride=patch_size)
+            self.stem = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
         positions = sincos_2d(self.grid, self.grid, width)
         if pos == "learned":
             self.pos = nn.Parameter(positions)
@@ -106,9 +107,12 @@ class ViTEncoder(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(width, heads, mlp_ratio, ln_eps) for _ in range(depth))
         self.ln = nn.LayerNorm(width, eps=ln_eps)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`extra` (B, G*G, width): added to the patch tokens before the blocks (UViM's base decoder: the code)."""
         x = self.stem(images * 2.0 - 1.0)  # (B, C, G, G)
         x = x.flatten(2).transpose(1, 2) + self.pos  # (B, G*G, C)
+        if extra is not None:
+            x = x + extra
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1)
         for block in self.blocks:
