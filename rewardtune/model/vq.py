@@ -7,9 +7,11 @@ Nearest codebook vector by Euclidean distance, on L2-normalised vectors by defau
 ViT-VQGAN: keeps codes and encoder outputs on one scale, which keeps more of the dictionary in use). The
 codebook learns from the loss (codebook term ||sg(z) - e||^2 + beta * commitment ||z - sg(e)||^2, van den
 Oord et al. 2017); the gradient reaches the encoder through the straight-through estimator zq = z + sg(e - z).
-Dead codes: `usage` is a running mean (decay 0.99) of each code's share of the assignments in training;
-`restart_dead` re-seeds the codes whose share fell below `dead_fraction` of the uniform share 1/K with
-encoder outputs of the last training batch (the big_vision UViM recipe restarts unused codes likewise).
+Dead codes: `usage` is a running mean (decay 0.95) of each code's share of the assignments in training,
+starting at 0; `restart_dead` re-seeds the codes whose share is below `dead_fraction` of the uniform share
+1/K with encoder outputs of the last training batch (the big_vision UViM recipe restarts unused codes
+likewise). The first call thus seeds every code not yet used from the data; a restarted code starts at
+the uniform share and is restarted again if it stays unused for ~70 steps.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-USAGE_DECAY = 0.99
+USAGE_DECAY = 0.95  # a code unused for ~70 steps falls from its uniform share 1/K below 0.03/K
 
 
 class VectorQuantizer(nn.Module):
@@ -31,7 +33,7 @@ class VectorQuantizer(nn.Module):
         self.codebook_size, self.dim, self.beta = int(codebook_size), int(dim), float(beta)
         self.normalize, self.dead_fraction = bool(normalize), float(dead_fraction)
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
-        self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
+        self.register_buffer("usage", torch.zeros(codebook_size))
         self._last_z: Optional[torch.Tensor] = None  # the last training batch's (normalised) vectors, for restarts
 
     def _prepare(self, z: torch.Tensor) -> torch.Tensor:
