@@ -12,7 +12,8 @@ from .errors import UserError
 def _config(args, stage: str):
     from .recipes import resolve
     config = resolve(args.config, args.set)
-    config.train.stage = stage
+    if not (stage == "mle" and config.train.stage == "codec"):  # pretrain: MLE, or UViM's stage I if the config says
+        config.train.stage = stage
     if stage == "reward" and getattr(args, "reward", None):
         config.train.reward = args.reward
     from .config import validate
@@ -160,7 +161,9 @@ def _add_stage(sub, name: str) -> None:
     tune = name == "tune"
     t = _subcommand(sub, name, "REINFORCE reward tuning" if tune else "MLE pretraining", cmd_tune if tune else
                     cmd_pretrain, "Trains one stage into the run folder OUT (config.json, checkpoints/, metrics.jsonl, "
-                    "eval/val/); re-running the same command resumes bit-identically from its latest checkpoint.")
+                    "eval/val/); re-running the same command resumes bit-identically from its latest checkpoint."
+                    + ("" if tune else " A config with train.stage=codec (e.g. the *_codec recipes) trains UViM's "
+                       "stage I code model instead of the MLE stage."))
     t.add_argument("config", help="config file (a run's config.json works) or a recipe name")
     t.add_argument("--out", required=True, help="run folder; re-running resumes from its latest checkpoint")
     t.add_argument("--init", required=tune, help="run folder whose standing checkpoint initialises the model: its "

@@ -55,8 +55,26 @@ class ModelConfig:
 
 
 @dataclass
+class CodeConfig:
+    """UViM's stage I (train.stage = "codec"; docs/method.md#uvim-a-learned-code-for-the-dense-tasks): the code
+    model (model/uvim.py) over the task's dense target (Task.dense). Only stage "codec" reads this section."""
+
+    grid: int = 8  # code cells per side: grid^2 tokens; data.image_size must be grid times a power of two
+    codebook_size: int = 256
+    code_dim: int = 32
+    width: int = 128  # the oracle's and the base decoder's ViT width
+    depth: int = 2  # ... and depth (each)
+    heads: int = 4
+    head_channels: int = 32  # channels of the full-resolution refinement convolutions
+    code_dropout: float = 0.1  # share of training images decoded from the image alone (no code)
+    beta: float = 0.25  # commitment weight of the quantiser's loss
+    # steps between restarts of dead codebook entries from the batch's oracle outputs (0 = never)
+    restart_every: int = 50
+
+
+@dataclass
 class TrainConfig:
-    stage: str = "mle"  # "mle" (pretrain) or "reward" (tune)
+    stage: str = "mle"  # "mle" (pretrain), "reward" (tune) or "codec" (pretrain UViM's stage I code model)
     steps: int = 1000
     batch_size: int = 64  # images per optimizer step (all processes and micro-batches together)
     # Split each process's share of the batch into this many micro-batches of equal size, run one after
@@ -113,17 +131,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "code": CodeConfig}
 _CHOICES = {
     "data.decode": ("auto", "once", "on_access"),
     "model.stem": ("conv", "patch"),
     "model.pos": ("sincos", "learned"),
-    "train.stage": ("mle", "reward"),
+    "train.stage": ("mle", "reward", "codec"),
     "train.schedule": ("cosine", "constant"),
     "train.baseline": ("loo", "greedy"),
     "train.credit": ("sequence", "token"),
@@ -133,11 +152,12 @@ _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encode
              "model.decoder_depth", "model.heads", "train.steps", "train.batch_size", "train.lr",
              "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
              "train.temperature", "model.mlp_ratio", "train.max_nonfinite", "train.grad_accum_steps",
-             "model.encoder_ln_eps")
+             "model.encoder_ln_eps", "code.grid", "code.codebook_size", "code.code_dim", "code.width",
+             "code.depth", "code.heads", "code.head_channels")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.threads",
                  "train.eval_images", "train.eval_reward_samples", "train.patience", "train.top_k", "train.aux_weight",
                  "train.kl_weight", "data.max_train_images", "data.max_val_images", "train.min_lr_ratio",
-                 "data.workers")
+                 "data.workers", "code.beta", "code.restart_every")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -228,11 +248,31 @@ def validate(config: Config) -> None:
         if config.model.init_encoder and getattr(config.model, key) != needed:
             raise ConfigError(f"config key 'model.{key}': model.init_encoder loads a standard ViT, which needs "
                               f"model.{key}={needed}, got {getattr(config.model, key)!r}")
+    if not 0 <= config.code.code_dropout < 1:
+        raise ConfigError(f"config key 'code.code_dropout': must be in [0, 1), got {config.code.code_dropout!r}")
+    if config.train.stage == "codec":
+        validate_codec_stage(config)
     if config.train.stage == "reward" and config.train.num_samples < 2:
         raise ConfigError("config key 'train.num_samples': the leave-one-out baseline needs >= 2 samples")
     if config.train.credit == "token" and config.train.baseline != "loo":
         raise ConfigError(f"config key 'train.credit': 'token' needs train.baseline 'loo' (its baseline is the "
                           f"other samples' items), got train.baseline {config.train.baseline!r}")
+
+
+def validate_codec_stage(config: Config) -> None:
+    """The checks that only UViM's stage I needs (train.stage = "codec")."""
+    code, size = config.code, config.data.image_size
+    cells = size // code.grid
+    if size % code.grid or cells & (cells - 1):
+        raise ConfigError(f"config key 'code.grid': data.image_size {size} must be code.grid ({code.grid}) times a "
+                          "power of two")
+    if code.width % code.heads:
+        raise ConfigError(f"config key 'code.heads': {code.heads} does not divide code.width {code.width}")
+    for key, why in (("train.eval_reward_samples", "stage codec draws no samples"),
+                     ("model.init_encoder", "stage codec trains the code model, not the encoder-decoder")):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name):
+            raise ConfigError(f"config key '{key}': {why}; leave it unset with train.stage=codec")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -80,6 +80,13 @@ def broadcast_object(obj, d: Dist):
     return box[0]
 
 
+def broadcast_tensors(tensors: list, d: Dist) -> None:
+    """Overwrite each tensor, in place, with rank 0's."""
+    if d.world > 1:
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
 def all_gather_object(obj, d: Dist) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects, e.g. RNG states)."""
     if d.world == 1:

@@ -1,4 +1,4 @@
-"""The two step functions of the one training loop: an MLE step and a REINFORCE step.
+"""The step functions of the one training loop: an MLE step, a REINFORCE step and UViM's stage I step.
 
 Each takes this process's share of the batch, runs it as train.grad_accum_steps micro-batches (forward,
 loss, backward, one after the other: the gradients add up in the parameters' .grad) and returns (the
@@ -24,6 +24,7 @@ from .credit import token_advantages
 from .errors import ConfigError
 from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss, token_reinforce_loss
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
+from .model.vq import code_stats
 from .outputs import decode_all
 from .tasks.base import ITEM_PART, Task
 
@@ -37,6 +38,7 @@ class StepContext:
     reward_fn: Optional[Callable] = None
     reference: Optional[EncoderDecoder] = None  # frozen initial model for the optional KL term
     dist: distributed.Dist = field(default_factory=distributed.Dist)
+    code: Any = None  # config.code (read by the stage I step)
 
 
 def sample_rng(seed: int, position: int) -> np.random.Generator:
@@ -231,5 +233,51 @@ def reward_logs(task: Task, drawn: Sequence[Drawn]) -> dict:
     return logs
 
 
-STEPS = {"mle": mle_step, "reward": reward_step}
+def code_dropped(seed: int, positions: Sequence[int], rate: float) -> torch.Tensor:
+    """BoolTensor[B]: which images of the batch the stage I decoder sees without their code, each drawn from its
+    own position in the data stream (rank- and micro-batch-independent, never the global RNG)."""
+    return torch.tensor([bool(np.random.default_rng([seed, p, 17]).random() < rate) for p in positions])
+
+
+def codec_step(ctx: StepContext, images: torch.Tensor, targets: list,
+               positions: Sequence[int]) -> tuple[torch.Tensor, dict]:
+    """UViM stage I: the dense target's reconstruction loss (task.dense.loss) plus the quantiser's loss, with code
+    dropout; every code.restart_every steps, the codebook entries no longer used are re-seeded from this
+    step's oracle outputs. The losses are means over equal micro-batches: their sum (1 / k each) is the batch's."""
+    dense, model, cfg = ctx.task.dense, ctx.policy, ctx.train
+    inputs = dense.to_input(targets).to(images.device)
+    drop = code_dropped(cfg.seed, positions, model.code_dropout).to(images.device)
+    parts = micro_batches(len(images), cfg.grad_accum_steps)
+    total, logs, codes = torch.zeros((), device=images.device), {}, []
+    for i, part in enumerate(parts):
+        with gradient_sync(ctx, last=i == len(parts) - 1):
+            with autocast(ctx, images.device):
+                prediction, vq_loss, code = ctx.model(images[part], inputs[part], drop[part])
+            recon, terms = dense.loss(prediction, targets[part])
+            loss = (recon + vq_loss.float()) / len(parts)
+            loss.backward()
+        total = total + loss.detach()
+        codes.append(code.detach())
+        for name, value in {"recon_loss": recon.item(), "vq_loss": vq_loss.item(), **terms}.items():
+            logs[name] = logs.get(name, 0.0) + value / len(parts)
+    logs.update(code_stats(torch.cat(codes), model.codebook_size))
+    step = positions[0] // cfg.batch_size
+    every = ctx.code.restart_every if ctx.code is not None else 0
+    if every and (step + 1) % every == 0:
+        logs["codes_restarted"] = float(restart_codes(ctx, step))
+    return total, {**logs, "loss": total.item()}
+
+
+def restart_codes(ctx: StepContext, step: int) -> int:
+    """Re-seed the dead codebook entries (model/vq.py) with a generator keyed by (seed, step); with K processes,
+    rank 0's codebook and usage then replace every rank's (each rank saw its own batch)."""
+    key = int(np.random.SeedSequence([ctx.train.seed, step, 19]).generate_state(1, np.uint64)[0])
+    device = next(ctx.policy.parameters()).device
+    restarted = ctx.policy.restart_dead_codes(torch.Generator(device=device).manual_seed(key))
+    quantizer = ctx.policy.quantizer
+    distributed.broadcast_tensors([quantizer.codebook.data, quantizer.usage], ctx.dist)
+    return restarted
+
+
+STEPS = {"mle": mle_step, "reward": reward_step, "codec": codec_step}
 

@@ -1,4 +1,5 @@
-"""The one training loop for both stages: `pretrain` (MLE) and `tune` (REINFORCE).
+"""The one training loop for every stage: `pretrain` (MLE), `tune` (REINFORCE) and UViM's stage I (`pretrain`
+with train.stage = "codec": the code model of a dense task, steps.codec_step).
 
 Every sample's randomness derives from (seed, its position in the data stream) and the data order
 from (seed, epoch), so a run resumed from its latest checkpoint continues exactly as if it had never
@@ -23,9 +24,8 @@ from .config import Config, TrainConfig, save as save_config
 from .credit import check_credit
 from .data.loader import step_batches
 from .errors import ConfigError, UserError
-from .evaluate import evaluate_run, held_out_reward, predict_split
+from .evaluate import build_stage_model, evaluate_run, held_out_reward, score_split
 from .metrics_log import MetricsLog, check_tensorboard
-from .model.encdec import build_model
 from .model.pretrained import load_encoder
 from .outputs import resolve_reward
 from .steps import STEPS, StepContext
@@ -126,7 +126,7 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
             tqdm.write(f"rewardtune: warning: skipped {split.skipped} unreadable image(s) of the {name} split "
                        "(data.skip_corrupt)", file=sys.stderr)
     torch.manual_seed(cfg.seed)
-    model = build_model(config.model, config.data.image_size, task.codec).to(d.device)
+    model = build_stage_model(config, task).to(d.device)
     if source:
         checkpoint.load_weights(model, source["model"], resume or init, config.task, source["state"].get("task"))
     elif config.model.init_encoder:  # a fresh run: the pretrained encoder (a resumed or --init run has its weights)
@@ -138,6 +138,8 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
     # baseline_state: the leave-one-out and greedy baselines hold no state across steps (None).
     state = {"task": config.task, "task_state": task.state, "config": config.to_dict(), "best_metric": None,
              "evals_since_best": 0, "nonfinite_total": 0, "nonfinite_run": 0, "baseline_state": None}
+    if cfg.stage == "codec":  # what rebuilds the stage I model: CodeModel(**code_arch)
+        state["code_arch"] = model.arch
     start = 0
     if resume:
         optimizer.load_state_dict(source["optim"]["optimizer"])
@@ -156,7 +158,7 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
     needs_reward = cfg.stage == "reward" or cfg.eval_reward_samples > 0
     ctx = StepContext(task, wrapped, model, cfg, resolve_reward(task, cfg.reward) if needs_reward else None,
-                      reference, d)
+                      reference, d, config.code)
     log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), start, d.main, tensorboard=cfg.tensorboard)
     loop = _Loop(config, run_dir, d, task, model, optimizer, scheduler, state, log, ctx, train_split, val_split)
     try:
@@ -190,7 +192,7 @@ class _Loop:
     train_split: Sequence[Example]
     val_split: Sequence[Example]
     cfg: TrainConfig = field(init=False)  # config.train
-    step_fn: Callable = field(init=False)  # the stage's step: STEPS["mle"] or STEPS["reward"]
+    step_fn: Callable = field(init=False)  # the stage's step: STEPS["mle"], STEPS["reward"] or STEPS["codec"]
 
     def __post_init__(self) -> None:
         self.cfg = self.config.train
@@ -274,15 +276,15 @@ class _Loop:
                             f"in a row (train.max_nonfinite={self.cfg.max_nonfinite}); last good checkpoint: {last}")
 
     def _validate(self, done: int) -> tuple[bool, bool]:
-        """Greedy-decode the first eval_images val images; track the best metric for patience."""
+        """Greedy-decode the first eval_images val images (stage codec: reconstruct them through the code); track
+        the best metric for patience."""
         is_best = stop = False
         if self.d.main:
             n = len(self.val_split) if not self.cfg.eval_images else min(self.cfg.eval_images, len(self.val_split))
             if self.task.calibrate is not None:  # e.g. detection's learned score, refitted on train images
                 fitted = self.task.calibrate(self.model, self.train_split, self.cfg.seed + done)
                 self.log.write({"step": done, **{f"calibrate/{k}": float(v) for k, v in fitted.items()}})
-            outputs, targets, ids = predict_split(self.model, self.task, self.val_split, range(n))
-            metrics = self.task.metrics(outputs, targets, ids)
+            outputs, targets, ids, metrics = score_split(self.model, self.task, self.val_split, range(n))
             if self.cfg.eval_reward_samples:  # the held-out reward (same draws at every validation)
                 held = held_out_reward(self.model, self.task, self.val_split, range(n), self.cfg.eval_reward_samples,
                                        self.ctx.reward_fn, seed=self.cfg.seed)

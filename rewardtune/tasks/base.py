@@ -60,6 +60,24 @@ AuxLossFn = Callable[[torch.Tensor, torch.Tensor, Sequence[Any], Sequence[Any]],
 
 
 @dataclass
+class DenseTarget:
+    """A task's target as pixels, for UViM's stage I (train.stage = "codec", model/uvim.py): a restricted oracle
+    sees `to_input(targets)`, a base decoder sees the image and the oracle's code and predicts `out_channels`
+    maps at the model's resolution S (data.image_size), trained with `loss`; `to_outputs` turns a prediction
+    into the task's outputs, exactly what its codec's decode returns (so metrics, write_predictions and
+    visualize take them unchanged)."""
+
+    in_channels: int  # channels the oracle sees
+    out_channels: int  # channels the base decoder predicts
+    # targets -> FloatTensor[B, in_channels, S, S]
+    to_input: Callable[[Sequence[Any]], torch.Tensor]
+    # (prediction FloatTensor[B, out_channels, S, S] with grad, targets) -> (scalar loss, {name: float})
+    loss: Callable[[torch.Tensor, Sequence[Any]], "tuple[torch.Tensor, dict[str, float]]"]
+    # prediction FloatTensor[B, out_channels, S, S] (no grad) -> B outputs of the task
+    to_outputs: Callable[[torch.Tensor], list]
+
+
+@dataclass
 class Task:
     """Everything the core needs from a task; task state (class counts, vocab...) is bound inside."""
 
@@ -97,6 +115,8 @@ class Task:
     # Optional, for train.credit = "token": output -> int64[k, 2], the [start, stop) token positions of each of
     # its k items, in the order of the reward's ITEM_PART. Detection: each box's six tokens.
     item_tokens: Optional[Callable[[Any], np.ndarray]] = None
+    # Optional: the target as pixels (UViM's learned code, train.stage = "codec"); panoptic and colorization.
+    dense: Optional[DenseTarget] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints
     primary_metric: str = "score"  # the validation metric that picks the best checkpoint
     # The value `metrics` gives where a metric has nothing to average (detection: COCOeval's -1 for an

@@ -23,6 +23,7 @@ from ..base import FileScorer, Task
 from ...data.files import resize_rgb
 from .codec import ColorCodec, ColorTarget, cell_chroma, gray_uint8, kmeans_palette, render, render_outputs
 from .data import datasets, load_photos, write_predictions
+from .dense import DENSE
 from .metrics import score_dirs, split_metrics
 from .rewards import colorfulness, colorfulness_fidelity_reward, colorfulness_reward
 from .viz import visualize
@@ -122,6 +123,7 @@ def make_task(config: Any, state: Optional[dict] = None) -> Task:
         preprocess=lambda rgb: np.repeat(gray_uint8(rgb)[..., None], 3, axis=-1),
         target_for_image=lambda rgb: ColorTarget.from_rgb(resize_rgb(rgb, config.data.image_size)),
         sample_stats=sample_stats,
+        dense=DENSE,
         state={"palette": palette.tolist()},
         primary_metric="colorfulness",
     )

@@ -1,7 +1,8 @@
 """Panoptic segmentation tuned for panoptic quality (docs/method.md#panoptic-segmentation), scored as panopticapi's `pq_compute`.
 
-Modules: codec (grid tokens), pq (per-image PQ, the reward), metrics (dataset PQ, file scorer),
-io (COCO panoptic JSON + PNG), maps (id maps), viz (overlays). `make_task` binds them into a Task.
+Modules: codec (grid tokens), dense (the target as pixels, for a learned code), pq (per-image PQ, the
+reward), metrics (dataset PQ, file scorer), io (COCO panoptic JSON + PNG), maps (id maps), viz (overlays).
+`make_task` binds them into a Task.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ...config import task_options
 from ...errors import ConfigError
 from ..base import FileScorer, Task
 from .codec import PanopticCodec
+from .dense import PanopticDense
 from .io import categories_of, load_split, read_panoptic_json, split_paths, write_panoptic
 from .metrics import panoptic_metrics, score_files
 from .pq import pq_batch, pq_image, pq_reward
@@ -88,6 +90,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         write_predictions=lambda outputs, targets, ids, out_dir: write_panoptic(outputs, ids, out_dir, categories, names),
         visualize=visualize,
         sample_stats=sample_stats,
+        dense=PanopticDense(categories, options.max_instances, config.data.image_size).target(),
         state={"categories": categories},
         primary_metric="pq",
     )

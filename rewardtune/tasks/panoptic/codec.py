@@ -105,7 +105,11 @@ class PanopticCodec:
     def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> dict:
         """Any token sequence -> a valid panoptic output at image resolution (void where undefined)."""
         grid = self._cell_tokens(tokens).reshape(self.grid, self.grid)
-        ids = resize_nearest(grid, self.image_size, self.image_size).astype(np.int32)
+        return self.output_of(resize_nearest(grid, self.image_size, self.image_size).astype(np.int32))
+
+    def output_of(self, ids: np.ndarray) -> dict:
+        """A map of content tokens int32 [H, W] (0 = void) -> the output: each token present is one segment
+        (segment id = token). The learned code's decoder (dense.py) ends here too."""
         counts = np.bincount(ids.reshape(-1), minlength=self.vocab_size)
         present = np.nonzero(counts[1:])[0] + 1
         segments = [{"id": int(t), "category_id": int(self.token_category[t]),
