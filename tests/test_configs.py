@@ -13,13 +13,13 @@ def test_recipe_loads_and_documents_its_command(name):
     about = recipe_dict(name)["about"]
     assert about and ("rewardtune " in about[0] or "benchmarks/" in about[0])
     assert config.task in name
-    assert config.train.stage == ("mle" if "_mle" in name else "reward")
+    assert config.train.stage == ("mle" if "_mle" in name else "codec" if "_codec" in name else "reward")
 
 
 @pytest.mark.parametrize("name", recipe_names())
 def test_recipe_about_is_its_command_and_one_expected_figure(name):
     about = recipe_dict(name)["about"]
-    alone = f"rewardtune {'pretrain' if '_mle' in name else 'tune'} {name} "
+    alone = f"rewardtune {'tune' if '_tune' in name else 'pretrain'} {name} "
     assert any(alone in line for line in about), f"{name}: no line runs it alone ({alone.strip()} ...)"
     assert sum(line.startswith("expected:") for line in about) <= 1, f"{name}: more than one expected figure"
     dated = [line for line in about if re.search(r"\b20\d\d-\d\d-\d\d\b|\bmeasured\b", line)]
