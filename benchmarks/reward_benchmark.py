@@ -135,7 +135,7 @@ def sample_vs_reward_time(run: str, images: int = 32, samples: int = 8, seed: in
         t0 = time.perf_counter()
         gen = model.generate(batch, samples)
         t1 = time.perf_counter()
-        outputs = decode_all(task.codec, gen)
+        outputs = decode_all(task.codec, gen, images=batch)
         t2 = time.perf_counter()
         reward_fn(outputs, [t for t in targets for _ in range(samples)])
         t3 = time.perf_counter()
