@@ -267,3 +267,16 @@ def test_a_task_without_a_dense_target_has_no_learned_code(tmp_path):
         with_codec(toy_task.make_task(c), c, "learned", "x", None)
     with pytest.raises(Exception, match="not one of"):
         with_codec(toy_task.make_task(c), c, "vq", "", None)
+
+
+def test_the_report_shows_the_truth_through_the_code_beside_the_runs(learned_runs, tmp_path):
+    from rewardtune.report.gallery import build_gallery
+    from rewardtune.report.html import write_report
+    _, _, mle, tuned = learned_runs
+    gallery = build_gallery([mle, tuned], ["mle", "tuned"], images=3)
+    assert [c.label for c in gallery.columns] == ["mle", "tuned"]  # one column per run, as the tables read them
+    assert gallery.code.label == "truth through the code" and len(gallery.code.cells) == 3
+    assert all(cell.png and "accuracy" in cell.rewards for cell in gallery.code.cells)
+    with open(write_report([mle, tuned], str(tmp_path / "report.html"), images=3)) as f:
+        html = f.read()
+    assert "<th>truth through the code</th><th>mle</th><th>tuned</th>" in html

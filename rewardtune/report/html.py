@@ -204,16 +204,18 @@ def budget_section(run_dirs: Sequence[str], labels: Sequence[str], configs: Sequ
 
 
 def gallery_section(gallery: Gallery) -> str:
-    """Rows: val images; columns: runs. Each cell: the task's drawing, the output text, its rewards."""
-    head = "<tr><th>image</th>" + "".join(f"<th>{esc(c.label)}</th>" for c in gallery.columns) + "</tr>"
-    errors = "".join(f"<p class='error'>{esc(c.label)}: {esc(c.error)}</p>" for c in gallery.columns if c.error)
+    """Rows: val images; columns: runs (a dense task's first: the truth through the code). Each cell: the task's
+    drawing, the output text, its rewards."""
+    columns = ([gallery.code] if gallery.code is not None else []) + list(gallery.columns)
+    head = "<tr><th>image</th>" + "".join(f"<th>{esc(c.label)}</th>" for c in columns) + "</tr>"
+    errors = "".join(f"<p class='error'>{esc(c.label)}: {esc(c.error)}</p>" for c in columns if c.error)
     rows = [head]
     for i, image_id in enumerate(gallery.ids):
         target = gallery.targets[i] if i < len(gallery.targets) else None
         first = f"<td><b>{esc(image_id)}</b>" + (f"<div class='caption muted'>truth: {esc(target)}</div>"
                                                   if target else "") + "</td>"
         cells = []
-        for c in gallery.columns:
+        for c in columns:
             cell = c.cells[i] if i < len(c.cells) else None
             if cell is None:
                 cells.append("<td></td>")
