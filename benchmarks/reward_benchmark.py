@@ -5,6 +5,14 @@ model trained on for as many steps as tuning took, at the learning rate MLE ende
     .venv/bin/python benchmarks/reward_benchmark.py detection --seeds 0 1 2
     .venv/bin/python benchmarks/reward_benchmark.py captioning --seeds 0 1 2
     .venv/bin/python benchmarks/reward_benchmark.py detection --quick       # tiny, checks the chain
+    .venv/bin/python benchmarks/reward_benchmark.py panoptic --codec learned --seeds 0 1 2
+
+`--codec learned` (panoptic, colorization): UViM. Stage I first (recipe <task>_bench_codec: the learned code),
+then stage II MLE (<task>_bench_mle with task_options.codec=learned on that run), tuning and the control as
+for the grid code; its runs go to OUT/learned/, its results to OUT/results_learned.json, and the table puts
+grid and learned side by side when OUT/results.json (the grid benchmark) is there too, with the wall time of
+every stage and the reward step's time split (sampling / decoding the samples / reward, as the tuning run
+logged it: train/time_sample, time_decode, time_reward).
 
 Recipes: rewardtune/configs/<task>_bench_mle.json and <task>_bench_tune*.json (sorted by the
 "stage_order" in TUNE_STAGES). Every figure is computed by `rewardtune score` from the written
@@ -17,6 +25,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +43,9 @@ TUNE_STAGES = {"detection": [("tune_recall", "mle"), ("tune_map", "tune_recall")
 COLUMNS = {"detection": ("map", "ap50", "ap75", "ar100"), "captioning": ("cider", "bleu4", "rougeL", "mean_length", "distinct_captions"),
            "colorization": ("colorfulness", "psnr", "ssim", "hist_distance"),
            "panoptic": ("pq", "sq", "rq", "pq_things", "pq_stuff")}
+LEARNED_TASKS = ("panoptic", "colorization")  # the tasks with a dense target: --codec learned
+QUICK_CODE = ["code.width=32", "code.depth=1", "code.heads=2", "code.codebook_size=32"]  # stage I, with --quick
+TIME_SPLIT = ("time_sample", "time_decode", "time_reward")
 QUICK = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=8",
          "train.eval_images=16", "model.width=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2"]
 
@@ -82,6 +94,17 @@ def last_logged(run: str, key: str):
     return values[-1] if values else None
 
 
+def logged_means(run: str, keys: list[str]) -> dict:
+    """{key: mean over RUN/metrics.jsonl's records of it (None if never logged)}."""
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    out = {}
+    for key in keys:
+        values = [r[key] for r in records if key in r]
+        out[key.split("/")[-1]] = sum(values) / len(values) if values else None
+    return out
+
+
 def run_seed(task: str, seed: int, args) -> dict:
     data = os.path.join(args.out, f"data-seed{seed}")
     if not os.path.exists(os.path.join(data, "world.json")):
@@ -90,8 +113,14 @@ def run_seed(task: str, seed: int, args) -> dict:
     extra = QUICK if args.quick else []
     plan = TUNE_STAGES.get(task, [("tune", "mle")])
     stages, parent = [name for name, _ in plan], dict(plan)
-    run = lambda name: os.path.join(args.out, f"seed{seed}", name)  # noqa: E731
-    times = {"mle": timed(train, config(task, "mle", data, seed, extra), run("mle"))}
+    runs_dir = os.path.join(args.out, "learned") if args.codec == "learned" else args.out
+    run = lambda name: os.path.join(runs_dir, f"seed{seed}", name)  # noqa: E731
+    times = {}
+    if args.codec == "learned":  # stage I: the learned code; every later stage writes it
+        times["codec"] = timed(train, config(task, "codec", data, seed, extra + (QUICK_CODE if args.quick else [])),
+                               run("codec"))
+        extra = extra + ["task_options.codec=learned", f"task_options.code_run={json.dumps(run('codec'))}"]
+    times["mle"] = timed(train, config(task, "mle", data, seed, extra), run("mle"))
     for stage, start in plan:
         times[stage] = timed(train, config(task, stage, data, seed, extra), run(stage), init_dir=run(start))
     steps = {s: config(task, s, data, seed, extra).train.steps for s in stages}
@@ -109,13 +138,17 @@ def run_seed(task: str, seed: int, args) -> dict:
     leaves = [s for s in stages if s not in parent.values()]
     extras = {}
     if task == "colorization":
-        extras["grid"] = colorization_grid(os.path.join(args.out, f"seed{seed}"), data, leaves,
-                                           os.path.join(args.out, f"seed{seed}", "grid.png"))
+        extras["grid"] = colorization_grid(os.path.join(runs_dir, f"seed{seed}"), data, leaves,
+                                           os.path.join(runs_dir, f"seed{seed}", "grid.png"))
     if task == "panoptic":
         extras["timing"] = sample_vs_reward_time(run(stages[-1]), seed=seed)
-    return {**extras, "seed": seed, "stages": names, "tuned": stages[-1], "leaves": leaves, "tune_steps": tune_steps, "times": times,
+    extras["time_split"] = {s: logged_means(run(s), [f"train/{k}" for k in TIME_SPLIT]) for s in stages}
+    metrics = {n: scored(task, run(n), data) for n in names}
+    if args.codec == "learned":  # the code's ceiling: stage I's last validation, decode(encode(truth)) on val
+        metrics["codec"] = {c: last_logged(run("codec"), f"val/{c}") for c in COLUMNS[task]}
+    return {**extras, "codec": args.codec, "seed": seed, "stages": names, "tuned": stages[-1], "leaves": leaves, "tune_steps": tune_steps, "times": times,
             "sampling": sampling,
-            "metrics": {n: scored(task, run(n), data) for n in names}, "mle_curve": val_curve(run("mle"), primary),
+            "metrics": metrics, "mle_curve": val_curve(run("mle"), primary),
             "mle_curve_metric": primary}
 
 
@@ -135,7 +168,7 @@ def sample_vs_reward_time(run: str, images: int = 32, samples: int = 8, seed: in
         t0 = time.perf_counter()
         gen = model.generate(batch, samples)
         t1 = time.perf_counter()
-        outputs = decode_all(task.codec, gen)
+        outputs = decode_all(task.codec, gen, images=batch)
         t2 = time.perf_counter()
         reward_fn(outputs, [t for t in targets for _ in range(samples)])
         t3 = time.perf_counter()
@@ -195,6 +228,45 @@ def print_table(task: str, results: list[dict]) -> None:
                   f"{(t['decode_s'] + t['reward_s']) / t['sample_s']:.2f}x the sampling time)")
     for r in results:
         print(f"seed {r['seed']} MLE val/{r.get('mle_curve_metric', cols[0])} curve (step: value): " + ", ".join(f"{s}: {v:.4f}" for s, v in r["mle_curve"]))
+    for r in results:
+        for stage, split in r.get("time_split", {}).items():
+            if all(split.get(k) is not None for k in TIME_SPLIT):
+                print(f"seed {r['seed']} {stage}: reward step {sum(split.values()):.3f} s: sampling "
+                      f"{split['time_sample']:.3f} s, decoding {split['time_decode']:.3f} s, reward "
+                      f"{split['time_reward']:.3f} s (mean over the logged steps)")
+
+
+def mean_over_seeds(results: list[dict], get) -> Optional[float]:
+    values = [get(r) for r in results]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def print_side_by_side(task: str, by_codec: dict) -> None:
+    """Grid and learned code, mean over each one's seeds: every model's metrics, each stage's wall time and
+    the tuning runs' reward step split."""
+    codecs = [c for c in ("grid", "learned") if by_codec.get(c)]
+    cols = COLUMNS[task]
+    print(f"\n{'model':<14} {'codec':<8} " + " ".join(f"{c:>11}" for c in cols) + f" {'wall s':>8} {'seeds':>5}")
+    names = []
+    for c in codecs:
+        names += [n for n in ["codec", *by_codec[c][0]["stages"]] if n not in names]
+    for name in names:
+        for c in codecs:
+            results = [r for r in by_codec[c] if name in r["times"]]
+            if not results:
+                continue
+            nums = [mean_over_seeds(results, lambda r, k=k: r["metrics"].get(name, {}).get(k)) for k in cols]
+            wall = mean_over_seeds(results, lambda r: r["times"].get(name))
+            print(f"{name:<14} {c:<8} " + " ".join(f"{v:11.4f}" if v is not None else f"{'':>11}" for v in nums)
+                  + f" {wall:8.0f} {len(results):>5}")
+    for c in codecs:
+        for stage in by_codec[c][0].get("time_split", {}):
+            split = {k: mean_over_seeds(by_codec[c], lambda r, k=k: r.get("time_split", {}).get(stage, {}).get(k))
+                     for k in TIME_SPLIT}
+            if all(v is not None for v in split.values()):
+                print(f"{c} {stage}: reward step sampling {split['time_sample']:.3f} s, decoding "
+                      f"{split['time_decode']:.3f} s, reward {split['time_reward']:.3f} s")
 
 
 def main() -> None:
@@ -206,7 +278,11 @@ def main() -> None:
     p.add_argument("--num-train", type=int, default=8000)
     p.add_argument("--num-val", type=int, default=256)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--codec", choices=("grid", "learned"), default="grid",
+                   help="learned: UViM (stage I, then stage II on its code); panoptic and colorization")
     args = p.parse_args()
+    if args.codec == "learned" and args.task not in LEARNED_TASKS:
+        p.error(f"--codec learned: only {', '.join(LEARNED_TASKS)} have a dense target")
     args.out = args.out or os.path.join("bench_out", args.task)
     args.level = args.level or "medium"
     if args.quick:
@@ -215,11 +291,19 @@ def main() -> None:
           "seeds " + " ".join(map(str, args.seeds)), flush=True)
     results = []
     os.makedirs(args.out, exist_ok=True)
+    names = {"grid": "results.json", "learned": "results_learned.json"}
     for seed in args.seeds:
         results.append(run_seed(args.task, seed, args))
-        with open(os.path.join(args.out, "results.json"), "w") as f:
+        with open(os.path.join(args.out, names[args.codec]), "w") as f:
             json.dump(results, f, indent=1)
     print_table(args.task, results)
+    by_codec = {args.codec: results}
+    other = "grid" if args.codec == "learned" else "learned"
+    if args.task in LEARNED_TASKS and os.path.exists(os.path.join(args.out, names[other])):
+        with open(os.path.join(args.out, names[other])) as f:
+            by_codec[other] = [r for r in json.load(f) if r.get("codec", "grid") == other]
+    if args.codec == "learned" or by_codec.get("learned"):
+        print_side_by_side(args.task, by_codec)
     if args.quick:
         return
     sys.argv = [sys.argv[0]]

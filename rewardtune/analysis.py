@@ -33,7 +33,7 @@ from .errors import UserError
 from .evaluate import load_run
 from .metrics_log import read_metrics_log
 from .model.encdec import EncoderDecoder, image_generator
-from .outputs import decode_all, resolve_reward, score_outputs
+from .outputs import decode_all, decode_tokens, encode_all, resolve_reward, score_outputs
 from .report import plots, stats
 from .tasks.base import Task
 
@@ -69,21 +69,23 @@ def sample_pool(model: EncoderDecoder, task: Task, split, indices: Sequence[int]
     device = next(model.parameters()).device
     indices = list(indices)
     images, targets, ids = split.batch(indices)
-    greedy = model.generate(images.to(device), 1, greedy=True, return_step_log_probs=keep_outputs)
-    greedy_rewards, _ = score_outputs(reward_fns, decode_all(task.codec, greedy), targets)
+    images = images.to(device)
+    greedy = model.generate(images, 1, greedy=True, return_step_log_probs=keep_outputs)
+    greedy_rewards, _ = score_outputs(reward_fns, decode_all(task.codec, greedy, images=images), targets)
     greedy_steps = _steps(greedy) if keep_outputs else []
     log_probs, rewards, parts, kept = [], {}, {}, []
     for row, (i, target) in enumerate(zip(indices, targets)):
         generator = image_generator(seed, i, device)
-        image = images[row:row + 1].to(device)
+        image = images[row:row + 1]
         chunks = []
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             gen = model.generate(image, n, temperature=temperature, generator=generator,
                                  return_step_log_probs=keep_outputs)
-            values, named = score_outputs(reward_fns, decode_all(task.codec, gen), [target] * n)
+            values, named = score_outputs(reward_fns, decode_all(task.codec, gen, images=image), [target] * n)
             chunks.append((gen.log_probs.double().cpu().numpy(), values, named,
-                           [task.codec.decode(t, lp) for t, lp in _steps(gen)] if keep_outputs else []))
+                           decode_all(task.codec, gen, gen.step_log_probs.float().cpu(), images=image)
+                           if keep_outputs else []))
             if bar is not None:
                 bar.update(n)
         log_probs.append(np.concatenate([c[0] for c in chunks]))
@@ -116,20 +118,39 @@ def format_headroom(headroom: dict) -> str:
                     for k, v in headroom.items())
 
 
-def codec_ceiling(task: Task, split, indices: Sequence[int], rewards: Optional[dict] = None) -> dict:
-    """The truth of each image passed through the codec (encode, then decode) and scored: the most any model
-    that writes this codec's tokens can get on these images. {"rewards": {name: mean}, "metrics": {...}}.
+def codec_ceiling(task: Task, split, indices: Sequence[int], rewards: Optional[dict] = None, codec=None,
+                  batch_size: int = 256) -> dict:
+    """The truth of each image passed through the codec (encode, then decode with the image) and scored: the
+    most any model that writes this codec's tokens can get on these images. {"rewards": {name: mean},
+    "metrics": {...}}. `codec`: another codec than the task's (the grid code a learned code replaces).
 
     It separates what the output code loses (grid, bins, palette, vocabulary) from what the model loses.
     Captioning's encode takes the first reference, which is then scored against all references (itself
     included): an upper bound, not a human baseline.
     """
     reward_fns = rewards if rewards is not None else task.rewards
-    targets, ids = [split.targets[i] for i in indices], [split.ids[i] for i in indices]
-    outputs = [task.codec.decode(task.codec.encode(t).tolist()) for t in targets]
+    codec = codec if codec is not None else task.codec
+    indices = list(indices)
+    outputs, targets, ids = [], [], []
+    for start in range(0, len(indices), batch_size):
+        images, chunk_targets, chunk_ids = split.batch(indices[start:start + batch_size])
+        tokens = encode_all(codec, chunk_targets)
+        outputs += decode_tokens(codec, [t.tolist() for t in tokens], images)
+        targets += chunk_targets
+        ids += chunk_ids
     values, _ = score_outputs(reward_fns, outputs, targets)
     return {"rewards": {name: float(np.mean(v)) for name, v in values.items()},
             "metrics": {name: float(v) for name, v in task.metrics(outputs, targets, ids).items()}}
+
+
+def ceilings(task: Task, split, indices: Sequence[int], rewards: Optional[dict] = None) -> dict:
+    """{"codec_ceiling": the task's codec's}, and where the task's codec is a learned code that replaces a
+    grid code (its `grid_codec`), "grid_codec_ceiling": the grid code's on the same images, side by side."""
+    out = {"codec_ceiling": codec_ceiling(task, split, indices, rewards)}
+    grid = getattr(task.codec, "grid_codec", None)
+    if grid is not None:
+        out["grid_codec_ceiling"] = codec_ceiling(task, split, indices, rewards, codec=grid)
+    return out
 
 
 def summarize_pool(pool: SamplePool) -> dict:
@@ -211,7 +232,7 @@ def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100
                 for label, pool in pools.items()}
     for pool in pools.values():  # the decoded outputs are not needed past here
         pool.greedy_steps, pool.outputs = [], []
-    ceiling = codec_ceiling(task, split, indices, _reward_fns(task, config.train.reward))
+    ceiling = ceilings(task, split, indices, _reward_fns(task, config.train.reward))
     rewards = list(pools[list(pools)[-1]].rewards)
     primary = config.train.reward if config.train.reward in rewards else rewards[0]
     summary = {"run": os.path.abspath(run_dir), "init": os.path.abspath(init_dir) if init_dir else None,
@@ -220,7 +241,7 @@ def analyze_run(run_dir: str, init_dir: Optional[str] = None, samples: int = 100
                "primary_metric": task.primary_metric,
                "checkpoints": {label: [os.path.abspath(m[0]), m[1]] for label, m in models.items()},
                "models": {label: summarize_pool(pool) for label, pool in pools.items()},
-               "codec_ceiling": ceiling}
+               **ceiling}
     if any(h is not None for h in headroom.values()):
         summary["headroom"] = {label: h for label, h in headroom.items() if h is not None}
     write_samples(pools, os.path.join(out_dir, "samples.jsonl"))
@@ -240,9 +261,8 @@ def format_summary(summary: dict) -> str:
             rr = " ".join(f"{n}:{v:.3f}" for n, v in s["reranked"].items())
             lines.append(f"{label:>6} {name}: mean {s['mean']:.3f} median {s['median']:.3f} top1% {s['p99']:.3f} "
                          f"greedy {s['greedy']:.3f} | best-of-N {bon} | reranked {rr}")
-    ceiling = summary.get("codec_ceiling")
-    if ceiling:
-        lines.append("codec ceiling (the truth encoded and decoded): "
+    for label, ceiling in stats.ceilings(summary):
+        lines.append(f"{label} (the truth encoded and decoded): "
                      + " ".join(f"{k} {v:.3f}" for k, v in stats.ceiling_values(ceiling).items()))
     for label, headroom in summary.get("headroom", {}).items():
         lines.append(f"headroom ({label}): {format_headroom(headroom)}")

@@ -29,8 +29,9 @@ def predict_split(model: EncoderDecoder, task: Task, split, indices: Sequence[in
     with eval_mode(model):
         for start in range(0, len(indices), batch_size):
             images, tgt, idx = split.batch(indices[start:start + batch_size])
-            gen = model.generate(images.to(device), 1, greedy=True, return_step_log_probs=True)
-            outputs += decode_all(task.codec, gen, gen.step_log_probs.cpu())
+            images = images.to(device)
+            gen = model.generate(images, 1, greedy=True, return_step_log_probs=True)
+            outputs += decode_all(task.codec, gen, gen.step_log_probs.cpu(), images=images)
             targets += tgt
             ids += idx
     return outputs, targets, ids
@@ -96,8 +97,9 @@ def held_out_reward(model: EncoderDecoder, task: Task, split, indices: Sequence[
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             images, targets, _ = split.batch(chunk)
-            gen = model.generate(images.to(device), samples, generator=[image_generator(seed, i, device) for i in chunk])
-            rewards, _ = reward_fn(decode_all(task.codec, gen), [t for t in targets for _ in range(samples)])
+            images = images.to(device)
+            gen = model.generate(images, samples, generator=[image_generator(seed, i, device) for i in chunk])
+            rewards, _ = reward_fn(decode_all(task.codec, gen, images=images), [t for t in targets for _ in range(samples)])
             values.append(torch.as_tensor(rewards, dtype=torch.float64).reshape(-1))
     allv = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
     return {"reward": float(allv.mean()) if len(allv) else float("nan"),

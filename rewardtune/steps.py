@@ -12,6 +12,7 @@ and DDP's gradient average equal the 1-process, whole-batch gradient.
 """
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Optional, Sequence
@@ -25,7 +26,7 @@ from .errors import ConfigError
 from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss, token_reinforce_loss
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .model.vq import code_stats
-from .outputs import decode_all
+from .outputs import decode_all, encode_all
 from .tasks.base import ITEM_PART, Task
 
 
@@ -101,7 +102,7 @@ def mle_step(ctx: StepContext, images: torch.Tensor, targets: list,
     """Teacher-forced negative log-likelihood of the encoded targets (mean over the global tokens),
     its gradient accumulated over the micro-batches."""
     codec, seed = ctx.task.codec, ctx.train.seed
-    tokens, lengths = pad_sequences([codec.encode(t, sample_rng(seed, p)) for t, p in zip(targets, positions)],
+    tokens, lengths = pad_sequences(encode_all(codec, targets, [sample_rng(seed, p) for p in positions]),
                                     codec.end_token)
     tokens, lengths = tokens.to(images.device), lengths.to(images.device)
     parts = micro_batches(len(images), ctx.train.grad_accum_steps)
@@ -138,26 +139,33 @@ class Drawn:
     rewards: torch.Tensor  # (B, N)
     parts: dict  # the reward's parts
     advantages: torch.Tensor  # (B, N)
+    # seconds spent sampling (the greedy baseline's decoding included), decoding the samples to outputs (a learned
+    # code's stage I decoder), and computing the rewards
+    times: dict = field(default_factory=dict)
 
 
 def draw(ctx: StepContext, images: torch.Tensor, targets: list, positions: Sequence[int], part: slice) -> Drawn:
     """Sample, decode and reward the images of one micro-batch; their sequence advantages."""
     cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
     images, targets = images[part], targets[part]
+    t0 = time.perf_counter()
     with autocast(ctx, images.device):
         gen = sample_per_image(ctx, images, positions[part])
-    outputs = decode_all(task.codec, gen)
+        greedy = ctx.policy.generate(images, 1, greedy=True) if cfg.baseline == "greedy" else None
+    t1 = time.perf_counter()
+    outputs = decode_all(task.codec, gen, images=images)
+    greedy_outputs = decode_all(task.codec, greedy, images=images) if greedy is not None else None
+    t2 = time.perf_counter()
     repeated = [t for t in targets for _ in range(n)]
     rewards, parts = ctx.reward_fn(outputs, repeated)
     rewards = torch.as_tensor(rewards, dtype=torch.float32).view(len(targets), n)
-    if cfg.baseline == "greedy":
-        with autocast(ctx, images.device):
-            greedy = ctx.policy.generate(images, 1, greedy=True)
-        base, _ = ctx.reward_fn(decode_all(task.codec, greedy), targets)
+    if greedy_outputs is not None:
+        base, _ = ctx.reward_fn(greedy_outputs, targets)
         advantages = rewards - torch.as_tensor(base, dtype=torch.float32).view(-1, 1)
     else:
         advantages = leave_one_out_advantage(rewards)  # per image over its own samples: exact per micro-batch
-    return Drawn(part, gen, outputs, repeated, rewards, parts or {}, advantages)
+    times = {"time_sample": t1 - t0, "time_decode": t2 - t1, "time_reward": time.perf_counter() - t2}
+    return Drawn(part, gen, outputs, repeated, rewards, parts or {}, advantages, times)
 
 
 def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
@@ -222,6 +230,8 @@ def reward_logs(task: Task, drawn: Sequence[Drawn]) -> dict:
             "reward_max": float(rewards.max()),
             "all_equal_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
             "sample_length": float(lengths.mean()), "no_end_rate": float((~ended).float().mean())}
+    for name in drawn[0].times:  # the step's seconds in each part, over its micro-batches
+        logs[name] = float(sum(d.times[name] for d in drawn))
     for name in drawn[0].parts:
         if name == ITEM_PART:  # per item, not per sample
             continue

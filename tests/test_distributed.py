@@ -34,7 +34,7 @@ class RandomLengthCodec:
     def encode(self, target, rng=None):
         return torch.tensor([target] * int(rng.integers(1, 4)) + [self.end_token])
 
-    def decode(self, tokens, step_log_probs=None):
+    def decode(self, tokens, step_log_probs=None, image=None):
         return self.codec.decode(tokens, step_log_probs)
 
     def grammar(self):

@@ -83,9 +83,10 @@ def weights(run):
 
 
 def records(run):
-    """metrics.jsonl without the wall-clock field."""
+    """metrics.jsonl without the wall-clock fields (time, and the reward step's train/time_* split)."""
     with open(os.path.join(run, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in f]
+        return [{k: v for k, v in json.loads(line).items() if k != "time" and not k.startswith("train/time_")}
+                for line in f]
 
 
 def killed_then_resumed(args, run, kills):

@@ -23,7 +23,7 @@ class CountCodec:
     def encode(self, target, rng=None):
         return torch.tensor([target, target, END])
 
-    def decode(self, tokens, step_log_probs=None):
+    def decode(self, tokens, step_log_probs=None, image=None):
         tokens = [t for t in list(tokens) if 0 <= int(t) < END]
         return int(tokens[0]) if tokens else -1
 

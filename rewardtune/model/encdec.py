@@ -173,13 +173,18 @@ def sequence_log_probs(step_log_probs: torch.Tensor, tokens: torch.Tensor, lengt
 
 
 def build_model(model_config, image_size: int, codec) -> EncoderDecoder:
-    """The model for a task's codec, from `config.model`."""
+    """The model for a task's codec, from `config.model`. A codec that is an nn.Module (a learned code's
+    stage I model) becomes the frozen submodule `codec`: its weights travel in every checkpoint's model.pt,
+    the optimizer skips them (no gradient) and it keeps its own train/eval mode."""
     m = model_config
-    return EncoderDecoder(image_size, codec.vocab_size, codec.max_len, codec.end_token, stem=m.stem,
-                          patch_size=m.patch_size, width=m.width, encoder_depth=m.encoder_depth,
-                          decoder_depth=m.decoder_depth, heads=m.heads, mlp_ratio=m.mlp_ratio, pos=m.pos,
-                          cls_token=m.cls_token, encoder_ln_eps=m.encoder_ln_eps,
-                          grammar=codec.grammar(), read_back=read_back_table(codec))
+    model = EncoderDecoder(image_size, codec.vocab_size, codec.max_len, codec.end_token, stem=m.stem,
+                           patch_size=m.patch_size, width=m.width, encoder_depth=m.encoder_depth,
+                           decoder_depth=m.decoder_depth, heads=m.heads, mlp_ratio=m.mlp_ratio, pos=m.pos,
+                           cls_token=m.cls_token, encoder_ln_eps=m.encoder_ln_eps,
+                           grammar=codec.grammar(), read_back=read_back_table(codec))
+    if isinstance(codec, nn.Module):
+        model.codec = codec.requires_grad_(False)
+    return model
 
 
 def read_back_table(codec) -> Optional[torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Greedy outputs of each run on the same val images, drawn by the task's `visualize`.
+"""Greedy outputs of each run on the same val images, drawn by the task's `visualize`; for a dense task, first
+the truth through the code (what the code says at best).
 
 Task-agnostic: only the Task contract is used (datasets()["val"], visualize, rewards). Runs that
 share a task and data config share one loaded split, so the images are the same objects.
@@ -18,7 +19,7 @@ from PIL import Image
 from .. import checkpoint
 from ..errors import UserError
 from ..evaluate import load_run, predict_split
-from ..outputs import score_outputs
+from ..outputs import decode_tokens, encode_all, score_outputs
 
 MAX_WIDTH = 768  # drawn images wider than this are shrunk (keeps the report small)
 MIN_SIDE = 128  # smaller ones are enlarged by an integer factor (pixels stay sharp)
@@ -47,6 +48,9 @@ class Gallery:
     ids: list = field(default_factory=list)  # image ids, from the first run that could be loaded
     targets: list = field(default_factory=list)  # target text (references) or None per image
     columns: list = field(default_factory=list)
+    # dense tasks (Task.dense): the truth through the first run's code (encoded, decoded with the image), drawn
+    # beside the truth as the runs' outputs are: what the code can say at best
+    code: Optional[Column] = None
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -115,6 +119,24 @@ def run_column(run_dir: str, label: str, images: int, splits: dict, gallery: Gal
     for row, i in enumerate(indices):
         per = {name: float(v[row]) for name, v in rewards.items()}
         column.cells.append(_draw(task, to_uint8(split[i].image), outputs[row], targets[row], per))
+    if gallery.code is None and getattr(task, "dense", None) is not None:
+        gallery.code = code_column(task, split, indices)
+    return column
+
+
+def code_column(task, split, indices) -> Column:
+    """The truth of each image encoded and decoded (with the image) by the task's codec, drawn and scored."""
+    column = Column("truth through the code", primary_metric=task.primary_metric,
+                    undefined_metric=task.undefined_metric)
+    images, targets, _ = split.batch(list(indices))
+    outputs = decode_tokens(task.codec, [t.tolist() for t in encode_all(task.codec, targets)], images)
+    try:
+        rewards, _ = score_outputs(task.rewards, outputs, targets)
+    except Exception:  # rewards are a bonus in the gallery
+        rewards = {}
+    for row in range(len(targets)):
+        per = {name: float(v[row]) for name, v in rewards.items()}
+        column.cells.append(_draw(task, to_uint8(images[row]), outputs[row], targets[row], per))
     return column
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 from ..metrics_log import read_metrics_log
 from . import plots
 from .gallery import Gallery, build_gallery
-from .stats import ceiling_values
+from .stats import ceiling_values, ceilings
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1400px;
@@ -121,11 +121,11 @@ def _headline(summary: dict, undefined: Optional[float] = None) -> str:
     note = (f"<p class='muted'>{esc(summary.get('samples'))} samples per image (temperature "
             f"{esc(summary.get('temperature', 1.0))}) on {esc(summary.get('images'))} val images; best-of-N and "
             "most-likely-of-N are exact averages over all N-subsets of each image's samples.</p>")
-    ceiling = summary.get("codec_ceiling") or {}
-    if ceiling.get("rewards"):
+    for label, ceiling in ceilings(summary):
         cells = ", ".join(f"{esc(k)} {'n/a' if _number(v) and v == undefined else _fmt(v)}"
                           for k, v in ceiling_values(ceiling).items())
-        note += f"<p class='muted'>Codec ceiling (the truth encoded and decoded, the most any model can score): {cells}</p>"
+        note += (f"<p class='muted'>{esc(label.capitalize())} (the truth encoded and decoded, the most any model "
+                 f"writing its tokens can score): {cells}</p>")
     return note + "<table>" + "".join(rows) + "</table>"
 
 
@@ -204,16 +204,18 @@ def budget_section(run_dirs: Sequence[str], labels: Sequence[str], configs: Sequ
 
 
 def gallery_section(gallery: Gallery) -> str:
-    """Rows: val images; columns: runs. Each cell: the task's drawing, the output text, its rewards."""
-    head = "<tr><th>image</th>" + "".join(f"<th>{esc(c.label)}</th>" for c in gallery.columns) + "</tr>"
-    errors = "".join(f"<p class='error'>{esc(c.label)}: {esc(c.error)}</p>" for c in gallery.columns if c.error)
+    """Rows: val images; columns: runs (a dense task's first: the truth through the code). Each cell: the task's
+    drawing, the output text, its rewards."""
+    columns = ([gallery.code] if gallery.code is not None else []) + list(gallery.columns)
+    head = "<tr><th>image</th>" + "".join(f"<th>{esc(c.label)}</th>" for c in columns) + "</tr>"
+    errors = "".join(f"<p class='error'>{esc(c.label)}: {esc(c.error)}</p>" for c in columns if c.error)
     rows = [head]
     for i, image_id in enumerate(gallery.ids):
         target = gallery.targets[i] if i < len(gallery.targets) else None
         first = f"<td><b>{esc(image_id)}</b>" + (f"<div class='caption muted'>truth: {esc(target)}</div>"
                                                   if target else "") + "</td>"
         cells = []
-        for c in gallery.columns:
+        for c in columns:
             cell = c.cells[i] if i < len(c.cells) else None
             if cell is None:
                 cells.append("<td></td>")

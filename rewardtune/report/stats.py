@@ -80,3 +80,12 @@ def reward_summary(rewards: np.ndarray, greedy: np.ndarray | None = None) -> dic
 def ceiling_values(ceiling: dict) -> dict:
     """The codec ceiling of an analysis summary flattened for display: rewards by name, metrics as "name (metric)"."""
     return {**ceiling.get("rewards", {}), **{f"{k} (metric)": v for k, v in ceiling.get("metrics", {}).items()}}
+
+
+def ceilings(summary: dict) -> list[tuple[str, dict]]:
+    """(label, ceiling) of each codec ceiling of an analysis summary that has rewards: the run's codec, and
+    where it is a learned code, the grid code it replaces beside it."""
+    both = bool(summary.get("grid_codec_ceiling"))
+    found = [("learned code ceiling" if both else "codec ceiling", summary.get("codec_ceiling") or {}),
+             ("grid code ceiling", summary.get("grid_codec_ceiling") or {})]
+    return [(label, ceiling) for label, ceiling in found if ceiling.get("rewards")]

@@ -27,16 +27,23 @@ class Codec(Protocol):
     def encode(self, target: Any, rng: Optional[np.random.Generator] = None) -> torch.Tensor:
         """-> LongTensor[T] ending with `end_token` (T <= max_len). `rng` drives random orders."""
 
-    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> Any:
+    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None,
+               image: Optional[torch.Tensor] = None) -> Any:
         """Any token sequence (ends at the first end token) -> a valid, possibly empty, output.
 
         `step_log_probs`: FloatTensor[T, V], the model's log-probabilities at each position
         (for scores, e.g. detection's expected IoU); None when not available.
+        `image`: FloatTensor[3, S, S], the model's input for this sequence (Example.image): a learned
+        code (UViM) decodes with the image as context. The core always passes it; grid codecs ignore it.
         """
 
     def grammar(self) -> Optional[torch.Tensor]:
         """BoolTensor[max_len, V] of tokens allowed at each position, or None (all allowed)."""
 
+    # Optional, batched forms the core uses when present (a learned code runs a network: one call per batch):
+    # `encode_batch(targets, rngs) -> [LongTensor[T_i]]` and
+    # `decode_batch(token_lists, images FloatTensor[n, 3, S, S] or None, step_log_probs [FloatTensor[T_i, V] or
+    # None] * n) -> [output]`, each equal to encode / decode of every item in turn.
     # Optional: `read_back() -> LongTensor[V]`, the token the decoder reads back after emitting each
     # token (identity where absent). Detection reads every box's conf token as "right": the conf
     # token is a score, and the boxes after it must not depend on which score was drawn.

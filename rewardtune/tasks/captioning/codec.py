@@ -35,7 +35,8 @@ class CaptionCodec:
         ids = self.vocab.ids(tokenize(target))[: self.max_len - 1]
         return torch.tensor(ids + [self.end_token], dtype=torch.long)
 
-    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> str:
+    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None,
+               image: Optional[torch.Tensor] = None) -> str:
         """Tokens up to the first end token -> caption; unknown, special or out-of-range ids are skipped."""
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.reshape(-1).tolist()

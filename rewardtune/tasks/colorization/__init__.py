@@ -20,6 +20,7 @@ import numpy as np
 from ...config import task_options
 from ...errors import ConfigError, DataError
 from ..base import FileScorer, Task
+from ..learned_codec import with_codec
 from ...data.files import resize_rgb
 from .codec import ColorCodec, ColorTarget, cell_chroma, gray_uint8, kmeans_palette, render, render_outputs
 from .data import datasets, load_photos, write_predictions
@@ -44,6 +45,8 @@ class ColorizationOptions:
     grid: int = 16  # grid x grid chroma cells (16 on 64 x 64 images = 4 x 4 pixel cells)
     fidelity_weight: float = 10.0  # colorfulness points per dB of PSNR in "colorfulness_fidelity"
     palette_images: int = 0  # learn the palette from the first N training images (0 = all of them)
+    codec: str = "grid"  # "grid" (the palette grid code above) or "learned": the UViM code of a stage I run
+    code_run: str = ""  # with codec "learned": the stage I run folder (read once, by a fresh run)
 
 
 def options(config: Any) -> ColorizationOptions:
@@ -108,7 +111,7 @@ def make_task(config: Any, state: Optional[dict] = None) -> Task:
                                 opts.palette_size)
     else:
         palette = palette_from_state(state, opts.palette_size)
-    return Task(
+    task = Task(
         name="colorization",
         codec=ColorCodec(palette, opts.grid),
         datasets=load,
@@ -127,3 +130,4 @@ def make_task(config: Any, state: Optional[dict] = None) -> Task:
         state={"palette": palette.tolist()},
         primary_metric="colorfulness",
     )
+    return with_codec(task, config, opts.codec, opts.code_run, state)

@@ -166,7 +166,8 @@ class ColorCodec:
         ids = _nearest(ab, self.palette.astype(np.float64))
         return torch.tensor([*ids.tolist(), self.end_token], dtype=torch.long)
 
-    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> np.ndarray:
+    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None,
+               image: Optional[torch.Tensor] = None) -> np.ndarray:
         """Any tokens -> chroma float32 [grid, grid, 2]. Stops at the end token; cells without a
         (valid) palette token are neutral (0, 0). `step_log_probs` is unused."""
         if isinstance(tokens, torch.Tensor):

@@ -100,7 +100,8 @@ class DetectionCodec:
             starts.append(p)
         return np.asarray(starts, np.int64)
 
-    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> dict:
+    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None,
+               image: Optional[torch.Tensor] = None) -> dict:
         """Any token sequence -> {"boxes" [k, 4], "classes", "scores", "score_iou", "score_prob",
         "conf_pos"}, and for the learned score with `step_log_probs` also "features" [k, F] and "score_learned"; reading stops
         at the end token, a no-object conf or the first malformed group.

@@ -14,6 +14,7 @@ import numpy as np
 from ...config import task_options
 from ...errors import ConfigError
 from ..base import FileScorer, Task
+from ..learned_codec import with_codec
 from .codec import PanopticCodec
 from .dense import PanopticDense
 from .io import categories_of, load_split, read_panoptic_json, split_paths, write_panoptic
@@ -35,6 +36,8 @@ FILE_SCORER = FileScorer(files=(("pred_json", "COCO panoptic JSON of the predict
 class PanopticOptions:
     grid: int = 16  # cells per side: one token per cell (16 -> 4x4 px cells at 64x64)
     max_instances: int = 8  # instance slots per thing class; more instances are encoded as void
+    codec: str = "grid"  # "grid" (the grid code above) or "learned": the UViM code of a stage I run (code_run)
+    code_run: str = ""  # with codec "learned": the stage I run folder (read once, by a fresh run)
 
 
 def parse_options(config) -> PanopticOptions:
@@ -81,7 +84,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
             cache.update(train=load_split(config, "train", names), val=load_split(config, "val", names))
         return dict(cache)
 
-    return Task(
+    task = Task(
         name="panoptic",
         codec=codec,
         datasets=datasets,
@@ -94,3 +97,4 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         state={"categories": categories},
         primary_metric="pq",
     )
+    return with_codec(task, config, options.codec, options.code_run, state)

@@ -102,7 +102,8 @@ class PanopticCodec:
         arr = np.where((arr >= 0) & (arr < self.end_token), arr, 0)
         return np.pad(arr, (0, n - len(arr)))
 
-    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None) -> dict:
+    def decode(self, tokens: Sequence[int], step_log_probs: Optional[torch.Tensor] = None,
+               image: Optional[torch.Tensor] = None) -> dict:
         """Any token sequence -> a valid panoptic output at image resolution (void where undefined)."""
         grid = self._cell_tokens(tokens).reshape(self.grid, self.grid)
         return self.output_of(resize_nearest(grid, self.image_size, self.image_size).astype(np.int32))
