@@ -3,11 +3,10 @@ the count as a constant 1-channel image (count / 3 everywhere); a prediction rea
 `task_options`: {"codec": "grid" | "learned", "code_run": RUN}."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 import toy_task
+from rewardtune.tasks.base import DenseTarget
 from rewardtune.tasks.learned_codec import with_codec
 
 
@@ -25,7 +24,7 @@ def loss(prediction, targets):
     return value, {"mse": float(value)}
 
 
-DENSE = SimpleNamespace(in_channels=1, out_channels=1, to_input=to_input, loss=loss, to_outputs=to_outputs)
+DENSE = DenseTarget(in_channels=1, out_channels=1, to_input=to_input, loss=loss, to_outputs=to_outputs)
 
 
 def make_task(config, state=None):

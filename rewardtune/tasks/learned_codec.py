@@ -187,10 +187,10 @@ class LearnedCodec(nn.Module):
 
 # ---- the stage I run -------------------------------------------------------------------------------
 def stage_one_arch(raw: dict, saved_state: dict, dense) -> dict:
-    """CodeModel kwargs of a stage I run: its checkpoint's "arch" when it saved one, else its config's
+    """CodeModel kwargs of a stage I run: its checkpoint's "code_arch" (what stage I saves), else its config's
     `code` section with the image size and the task's dense channels."""
-    if isinstance(saved_state.get("arch"), dict):
-        return dict(saved_state["arch"])
+    if isinstance(saved_state.get("code_arch"), dict):
+        return dict(saved_state["code_arch"])
     names = set(inspect.signature(CodeModel).parameters)
     code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
     arch = {k: v for k, v in code.items() if k in names}
