@@ -284,3 +284,26 @@ def test_killed_stage_one_run_resumes_bit_identical(world, tmp_path):
     with open(os.path.join(full, "eval", "val", "metrics.json")) as f, \
             open(os.path.join(killed, "eval", "val", "metrics.json")) as g:
         assert json.load(f) == json.load(g)
+
+
+def test_panoptic_outputs_drop_stray_segments_and_the_loss_weighs_thing_pixels_more():
+    from rewardtune.tasks.panoptic.dense import MIN_AREA_FRACTION, THING_WEIGHT
+    dense = PanopticDense(CATEGORIES, max_instances=2, image_size=64)
+    ids = np.zeros((64, 64), np.int32)
+    ids[:, :32], ids[:, 32:] = 1, 2  # two stuff-sized segments
+    thing = 1 + len(dense.pixels.stuff)  # the first thing class's first slot
+    ids[10:20, 10:20] = thing  # 100 px: kept
+    ids[40, 40:43] = thing + 1  # 3 px (under 16 = 64 * 64 / 256): dropped to void
+    kept = dense.drop_small(ids)
+    assert MIN_AREA_FRACTION * 64 * 64 == 16
+    assert (kept[40, 40:43] == 0).all() and (kept[10:20, 10:20] == thing).all() and (kept[:, :5] == 1).all()
+    # one pixel's semantic class wrong: a thing pixel costs THING_WEIGHT times a stuff pixel
+    target = hand_target()
+    small = PanopticDense(CATEGORIES, max_instances=2, image_size=8)
+    sem, slot = small.labels([target])
+    costs = []
+    for y, x in (tuple(np.argwhere(slot[0].numpy() > 0)[0]), tuple(np.argwhere(slot[0].numpy() == 0)[0])):
+        logits = perfect_logits(small, [target])
+        logits[0, :small.n_sem, y, x] = logits[0, :small.n_sem, y, x].roll(1, 0)
+        costs.append(small.loss(logits, [target])[0].item())
+    assert costs[0] == pytest.approx(THING_WEIGHT * costs[1], rel=1e-3)

@@ -8,9 +8,13 @@ into two labels:
     slot      0 none (void and stuff), 1 .. max_instances the instance slot           (1 + max_instances)
 In: the one-hot of both groups, stacked (n_sem + 1 + max_instances channels). Out: logits of the same
 groups. Loss: per pixel, the cross-entropy of the semantic class plus, on thing pixels, the cross-entropy of
-the slot; the mean over all pixels (so equal micro-batches and ranks add up to the whole batch's mean).
+the slot; thing pixels weigh THING_WEIGHT times a stuff or void pixel (things are a small share of the pixels
+and the hard part: unweighted, a first stage I run classified 16 % of thing pixels right at step 250, 98 % of
+stuff pixels); the mean over all pixels (so equal micro-batches and ranks add up to the whole batch's mean).
 Outputs: the semantic argmax; a thing pixel takes its best slot among 1 .. max_instances; each (class, slot)
-present is one segment, as the grid codec's decode builds them (same ids, same fields).
+present is one segment, as the grid codec's decode builds them (same ids, same fields). Segments smaller than
+MIN_AREA_FRACTION of the image (16 px at 64 x 64) become void: a decoder's stray pixels are not segments
+(panoptic post-processing commonly drops them; every truth segment of the shapes worlds is larger).
 """
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ import torch.nn.functional as F
 
 from ..base import DenseTarget
 from .codec import PanopticCodec
+
+
+THING_WEIGHT = 3.0
+MIN_AREA_FRACTION = 1 / 256
 
 
 class PanopticDense:
@@ -69,7 +77,8 @@ class PanopticDense:
         logits = prediction.float()
         sem_ce = F.cross_entropy(logits[:, :self.n_sem], sem, reduction="none")
         slot_ce = F.cross_entropy(logits[:, self.n_sem:], slot, reduction="none") * (slot > 0)
-        loss = (sem_ce + slot_ce).mean()
+        weight = torch.where(slot > 0, THING_WEIGHT, 1.0)
+        loss = ((sem_ce + slot_ce) * weight).mean()
         with torch.no_grad():
             right = logits[:, :self.n_sem].argmax(1) == sem
         return loss, {"semantic_loss": sem_ce.detach().mean().item(), "slot_loss": slot_ce.detach().mean().item(),
@@ -83,7 +92,14 @@ class PanopticDense:
         return self.token_of[sem, slot]
 
     def to_outputs(self, prediction: torch.Tensor) -> list:
-        return [self.pixels.output_of(ids.numpy().astype(np.int32)) for ids in self.token_map(prediction)]
+        return [self.pixels.output_of(self.drop_small(ids.numpy().astype(np.int32))) for ids in self.token_map(prediction)]
+
+    def drop_small(self, ids: np.ndarray) -> np.ndarray:
+        """Content tokens [S, S] with every segment under MIN_AREA_FRACTION of the image set to void (0)."""
+        counts = np.bincount(ids.reshape(-1), minlength=self.pixels.vocab_size)
+        small = counts < max(1, round(MIN_AREA_FRACTION * ids.size))
+        small[0] = False
+        return np.where(small[ids], 0, ids).astype(np.int32)
 
     def target(self) -> DenseTarget:
         return DenseTarget(in_channels=self.channels, out_channels=self.channels, to_input=self.to_input,
