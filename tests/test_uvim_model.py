@@ -115,3 +115,16 @@ def test_code_model_overfits_a_tiny_set_to_near_perfect_reconstruction():
     m.eval()
     recon = m.decode(images, m.encode(dense)).argmax(1)
     assert (recon == masks).float().mean() > 0.99
+
+
+def test_the_code_enters_the_decoder_at_the_scale_of_its_patch_tokens():
+    """At initialisation a code vector's addition is as large as a patch token (with its position), so the
+    decoder starts out reading the code instead of learning to ignore it."""
+    torch.manual_seed(0)
+    m = CodeModel(64, 5, 5, grid=8, codebook_size=32, code_dim=32, width=128, depth=1, heads=4)
+    images, dense = torch.rand(4, 3, 64, 64), torch.rand(4, 5, 64, 64)
+    zq = m.quantizer.lookup(m.encode(dense))
+    added = m.from_code(zq).norm(dim=-1).mean()
+    tokens = (m.base.stem(images * 2 - 1).flatten(2).transpose(1, 2) + m.base.pos).norm(dim=-1).mean()
+    assert 0.5 < added / tokens < 3.0
+    assert (m.decode(images, m.encode(dense)) - m.decode(images, None)).abs().mean() > 0.05 * m.decode(images, None).abs().mean()
