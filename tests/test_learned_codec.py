@@ -36,7 +36,7 @@ def code_model(seed=0):
 
 def stage_one_run(folder, task="toy_dense_task", stage="codec", saved=True, seed=0):
     """A stage I run folder as the trainer leaves it: config.json (train.stage "codec", the `code` section)
-    and a checkpoint whose model.pt is the CodeModel's state dict."""
+    and a checkpoint whose model.pt is the CodeModel's state dict and whose state records its code_arch."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({"task": task, "data": {"image_size": 16}, "train": {"stage": stage}, "code": CODE}, f)
@@ -44,7 +44,7 @@ def stage_one_run(folder, task="toy_dense_task", stage="codec", saved=True, seed
     if saved:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         checkpoint.save(folder, 1, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                        {"task": task, "task_state": {}})
+                        {"task": task, "task_state": {}, "code_arch": model.arch})
     return folder, model
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 from typing import Any, Optional, Sequence
 
@@ -186,17 +185,12 @@ class LearnedCodec(nn.Module):
 
 
 # ---- the stage I run -------------------------------------------------------------------------------
-def stage_one_arch(raw: dict, saved_state: dict, dense) -> dict:
-    """CodeModel kwargs of a stage I run: its checkpoint's "code_arch" (what stage I saves), else its config's
-    `code` section with the image size and the task's dense channels."""
-    if isinstance(saved_state.get("code_arch"), dict):
-        return dict(saved_state["code_arch"])
-    names = set(inspect.signature(CodeModel).parameters)
-    code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
-    arch = {k: v for k, v in code.items() if k in names}
-    arch.update(image_size=int(raw.get("data", {}).get("image_size", 64)), in_channels=int(dense.in_channels),
-                out_channels=int(dense.out_channels))
-    return arch
+def stage_one_arch(saved_state: dict, path: str) -> dict:
+    """CodeModel kwargs of a stage I checkpoint: the "code_arch" every stage I run saves (train.py)."""
+    arch = saved_state.get("code_arch")
+    if not isinstance(arch, dict):
+        raise UserError(f"{path}: the checkpoint records no 'code_arch' (not written by a stage I run)")
+    return dict(arch)
 
 
 def check_arch(arch: dict, dense, image_size: int, where: str) -> None:
@@ -232,7 +226,7 @@ def load_stage_one(code_run: str, config, dense) -> tuple[CodeModel, dict]:
     if path is None:
         raise UserError(f"{code_run}: the stage I run has no checkpoint yet")
     saved = checkpoint.load(path, optimizer_state=False)
-    arch = stage_one_arch(raw, saved["state"], dense)
+    arch = stage_one_arch(saved["state"], path)
     check_arch(arch, dense, config.data.image_size, code_run)
     try:
         model = CodeModel(**arch)
