@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rewardtune.data.shapes import CONFUSABLE, LEVELS, look_range, make_scene
+from rewardtune.data.shapes_scene import CONFUSABLE, LEVELS, look_range, make_scene
 
 CROP = 16
 

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from rewardtune.losses import mle_loss
 from rewardtune.config import TrainConfig
-from rewardtune.data.shapes import KINDS
+from rewardtune.data.shapes_scene import KINDS
 from rewardtune.model.encdec import EncoderDecoder
 from rewardtune.recipes import recipe_dict
 from rewardtune.tasks.detection.codec import DetectionCodec

@@ -130,7 +130,7 @@ def _add_demo(sub) -> None:
 
 
 def _add_data(sub) -> None:
-    from .data.shapes import LEVELS
+    from .data.shapes_scene import LEVELS
     data = _subcommand(sub, "data", "generate datasets", None).add_subparsers(dest="kind", required=True)
     s = _subcommand(data, "shapes", "the synthetic shapes world, in the COCO 2017 layout", cmd_data_shapes,
                     "Writes OUT/images/{train,val,test}/ and OUT/annotations/ (instances, captions and panoptic "

@@ -3,7 +3,7 @@ in the task's standard format, compute its metrics."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -20,21 +20,30 @@ from .tasks.base import Task
 
 
 @torch.no_grad()
-def predict_split(model: EncoderDecoder, task: Task, split, indices: Sequence[int],
-                  batch_size: int = 64) -> tuple[list, list, list]:
-    """Greedy outputs (with the model's step log-probs for scores) for split[indices]."""
+def over_batches(model, split, indices: Sequence[int], batch_size: int,
+                 outputs_of: Callable[[torch.Tensor, list], list]) -> tuple[list, list, list]:
+    """(outputs, targets, ids) of split[indices], in batches with the model in eval mode:
+    outputs_of(images on the model's device, targets) -> that batch's outputs."""
     device = next(model.parameters()).device
     outputs, targets, ids = [], [], []
     indices = list(indices)
     with eval_mode(model):
         for start in range(0, len(indices), batch_size):
             images, tgt, idx = split.batch(indices[start:start + batch_size])
-            images = images.to(device)
-            gen = model.generate(images, 1, greedy=True, return_step_log_probs=True)
-            outputs += decode_all(task.codec, gen, gen.step_log_probs.cpu(), images=images)
+            outputs += outputs_of(images.to(device), tgt)
             targets += tgt
             ids += idx
     return outputs, targets, ids
+
+
+@torch.no_grad()
+def predict_split(model: EncoderDecoder, task: Task, split, indices: Sequence[int],
+                  batch_size: int = 64) -> tuple[list, list, list]:
+    """Greedy outputs (with the model's step log-probs for scores) for split[indices]."""
+    def greedy(images, _):
+        gen = model.generate(images, 1, greedy=True, return_step_log_probs=True)
+        return decode_all(task.codec, gen, gen.step_log_probs.cpu(), images=images)
+    return over_batches(model, split, indices, batch_size, greedy)
 
 
 @torch.no_grad()
@@ -43,18 +52,13 @@ def reconstruct_split(model: CodeModel, task: Task, split, indices: Sequence[int
     """UViM stage I: the outputs of split[indices] decoded from the image and the code of their truth,
     dense.to_outputs(model.decode(images, model.encode(dense.to_input(targets)))); and the code's
     {code_usage, code_perplexity} over these images."""
-    device = next(model.parameters()).device
-    outputs, targets, ids, codes = [], [], [], []
-    indices = list(indices)
-    with eval_mode(model):
-        for start in range(0, len(indices), batch_size):
-            images, tgt, idx = split.batch(indices[start:start + batch_size])
-            images = images.to(device)
-            code = model.encode(task.dense.to_input(tgt).to(device))
-            outputs += task.dense.to_outputs(model.decode(images, code))
-            codes.append(code.cpu())
-            targets += tgt
-            ids += idx
+    codes = []
+
+    def through_code(images, tgt):
+        code = model.encode(task.dense.to_input(tgt).to(images.device))
+        codes.append(code.cpu())
+        return task.dense.to_outputs(model.decode(images, code))
+    outputs, targets, ids = over_batches(model, split, indices, batch_size, through_code)
     return outputs, targets, ids, code_stats(torch.cat(codes), model.codebook_size)
 
 

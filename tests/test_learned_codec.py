@@ -18,7 +18,7 @@ from rewardtune.config import from_dict
 from rewardtune.evaluate import load_run, predict_split
 from rewardtune.model.encdec import Generation
 from rewardtune.model.uvim import CodeModel
-from rewardtune.outputs import decode_all
+from rewardtune.outputs import decode_all, decode_tokens
 from rewardtune.tasks.learned_codec import LearnedCodec, fingerprint
 from rewardtune.train import make_optimizer, train
 
@@ -116,6 +116,9 @@ def test_decode_all_gives_each_sample_its_own_image(batched):
     assert codec.calls == ([b * n] if batched else ["one"] * (b * n))
     with pytest.raises(ValueError):
         decode_all(codec, gen, images=torch.zeros(5, 3, 2, 2))  # 12 sequences do not split over 5 images
+    with pytest.raises(ValueError, match="3 token sequences but 2 images"):
+        decode_tokens(codec, [[0], [1], [2]], images=torch.zeros(2, 3, 2, 2))  # one image each, for any codec
+    assert codec.calls == ([b * n] if batched else ["one"] * (b * n))  # refused before the codec is called
 
 
 def test_encoding_is_batched_and_cached_by_content():

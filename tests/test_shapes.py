@@ -14,8 +14,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from rewardtune.data.shape_masks import morph_mask, shape_mask
-from rewardtune.data.shapes import (COLOURS, CONFUSABLE, KINDS, LEVELS, STUFF, WorldLevel, _place,
-                                    generate_shapes, kind_frequencies, look_range, make_scene, object_mask)
+from rewardtune.data.shapes import generate_shapes
+from rewardtune.data.shapes_scene import (COLOURS, CONFUSABLE, KINDS, LEVELS, STUFF, WorldLevel, _place,
+                                          kind_frequencies, look_range, make_scene, object_mask)
 from rewardtune.data.shapes_captions import counted, describe, join, number, position, relation
 from rewardtune.errors import ConfigError
 

@@ -154,11 +154,10 @@ class LearnedCodec(nn.Module):
     @torch.no_grad()
     def decode_batch(self, token_lists: Sequence[Any], images: Optional[torch.Tensor],
                      step_log_probs: Optional[Sequence[Any]] = None) -> list:
-        """Token lists + their images FloatTensor[n, 3, S, S] -> the task's outputs, decoded in chunks."""
+        """Token lists + their images FloatTensor[n, 3, S, S] -> the task's outputs, decoded in chunks
+        (called through tasks.base.decode_tokens, which checks that the counts agree)."""
         if images is None:
             raise ValueError("a learned code decodes with the image: pass each sequence's image")
-        if len(images) != len(token_lists):
-            raise ValueError(f"{len(token_lists)} token sequences but {len(images)} images")
         if not len(token_lists):
             return []
         device = self._device()

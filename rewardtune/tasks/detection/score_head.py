@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...model.encdec import eval_mode, image_generator
+from ..base import decode_all
 
 FEATURES = (
     "logp_ymin", "logp_xmin", "logp_ymax", "logp_xmax", "logp_class",
@@ -164,10 +165,8 @@ def collect(model, split, codec, indices: Sequence[int], samples: int, seed: int
                 runs.append(model.generate(images, samples, generator=[image_generator(seed, i, device) for i in chunk],
                                            return_step_log_probs=True))
             for gen, n in zip(runs, (1, samples)):
-                tokens, lengths, lp = gen.tokens.cpu(), gen.lengths.cpu(), gen.step_log_probs.cpu()
-                for j in range(tokens.shape[0]):
-                    outputs.append(codec.decode(tokens[j, :lengths[j]].tolist(), lp[j, :lengths[j]]))
-                    targets.append(tgt[j // n])
+                outputs += decode_all(codec, gen, gen.step_log_probs.cpu())
+                targets += [t for t in tgt for _ in range(n)]
     return outputs, targets
 
 
