@@ -157,7 +157,8 @@ def sample_vs_reward_time(run: str, images: int = 32, samples: int = 8, seed: in
     to decode and reward them with the run's reward, measured back to back in this process."""
     import torch
     from rewardtune.evaluate import load_run
-    from rewardtune.outputs import decode_all, resolve_reward
+    from rewardtune.outputs import resolve_reward
+    from rewardtune.tasks.base import decode_all
     cfg, task, model = load_run(run)
     split = task.datasets()["val"]
     batch, targets, _ = split.batch(list(range(min(images, len(split)))))

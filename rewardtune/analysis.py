@@ -33,9 +33,9 @@ from .errors import UserError
 from .evaluate import load_run
 from .metrics_log import read_metrics_log
 from .model.encdec import EncoderDecoder, image_generator
-from .outputs import decode_all, decode_tokens, encode_all, resolve_reward, score_outputs
+from .outputs import resolve_reward, score_outputs
 from .report import plots, stats
-from .tasks.base import Task
+from .tasks.base import Task, decode_all, decode_tokens, encode_all
 
 CURVE_POINTS = (1, 10, 100, 1000, 10000)
 

@@ -14,9 +14,8 @@ from .errors import ConfigError, UserError
 from .model.encdec import EncoderDecoder, build_model, eval_mode, image_generator
 from .model.uvim import CodeModel
 from .model.vq import code_stats
-from .outputs import decode_all
 from .tasks import make_task
-from .tasks.base import Task
+from .tasks.base import Task, decode_all
 
 
 @torch.no_grad()

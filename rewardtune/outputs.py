@@ -1,21 +1,20 @@
 """What the core does with a task's outputs, shared by training, evaluation, analysis and the report.
 
-    encode_all, decode_all, decode_tokens   targets <-> tokens through a codec (defined with the Codec
-                    contract in tasks/base.py, where tasks use them too; re-exported here for the core)
     resolve_reward  a reward by name: one of the task's, or any `package.module:function`
     score_outputs   every reward of {name: fn} on a list of outputs
 
-Only the Task contract (rewardtune/tasks/base.py) is used; nothing here imports a task module.
+Only the Task contract (rewardtune/tasks/base.py, which also holds the codec helpers encode_all,
+decode_tokens and decode_all) is used; nothing here imports a task module.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .errors import ConfigError
-from .tasks.base import ITEM_PART, Task, decode_all, decode_tokens, encode_all  # noqa: F401 (the core's names for them)
+from .tasks.base import ITEM_PART, Task
 
 
 def resolve_reward(task: Task, name: str) -> Callable:

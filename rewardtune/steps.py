@@ -26,8 +26,7 @@ from .errors import ConfigError
 from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss, token_reinforce_loss
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .model.vq import code_stats
-from .outputs import decode_all, encode_all
-from .tasks.base import ITEM_PART, Task
+from .tasks.base import ITEM_PART, Task, decode_all, encode_all
 
 
 @dataclass

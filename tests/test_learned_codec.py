@@ -18,7 +18,7 @@ from rewardtune.config import from_dict
 from rewardtune.evaluate import load_run, predict_split
 from rewardtune.model.encdec import Generation
 from rewardtune.model.uvim import CodeModel
-from rewardtune.outputs import decode_all, decode_tokens
+from rewardtune.tasks.base import decode_all, decode_tokens
 from rewardtune.tasks.learned_codec import LearnedCodec, fingerprint
 from rewardtune.train import make_optimizer, train
 

@@ -19,7 +19,8 @@ from PIL import Image
 from .. import checkpoint
 from ..errors import UserError
 from ..evaluate import load_run, predict_split
-from ..outputs import decode_tokens, encode_all, score_outputs
+from ..outputs import score_outputs
+from ..tasks.base import decode_tokens, encode_all
 
 MAX_WIDTH = 768  # drawn images wider than this are shrunk (keeps the report small)
 MIN_SIDE = 128  # smaller ones are enlarged by an integer factor (pixels stay sharp)

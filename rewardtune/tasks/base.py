@@ -60,46 +60,6 @@ RewardFn = Callable[[Sequence[Any], Sequence[Any]], "tuple[torch.Tensor, dict[st
 ITEM_PART = "per_item"
 
 
-def encode_all(codec, targets: Sequence[Any], rngs: Optional[Sequence[Any]] = None) -> list[torch.Tensor]:
-    """Each target's tokens (LongTensor[T_i]); `rngs[i]` drives target i's random order. One batched call
-    when the codec offers `encode_batch(targets, rngs)` (a learned code runs a network), else one each."""
-    rngs = list(rngs) if rngs is not None else [None] * len(targets)
-    batched = getattr(codec, "encode_batch", None)
-    if callable(batched):
-        return list(batched(list(targets), rngs))
-    return [codec.encode(t, r) for t, r in zip(targets, rngs)]
-
-
-def decode_tokens(codec, token_lists: Sequence[Sequence[int]], images: Optional[torch.Tensor] = None,
-                  step_log_probs: Optional[Sequence[Optional[torch.Tensor]]] = None) -> list:
-    """Token lists -> the task's outputs. `images`: FloatTensor[len(token_lists), 3, S, S], sequence i's image
-    (what the model saw; a learned code decodes with it), or None. One batched call when the codec offers
-    `decode_batch(token_lists, images, step_log_probs)`, else `decode(tokens, step_log_probs, image=...)` each."""
-    lps = list(step_log_probs) if step_log_probs is not None else [None] * len(token_lists)
-    if images is not None and len(images) != len(token_lists):
-        raise ValueError(f"{len(token_lists)} token sequences but {len(images)} images")
-    batched = getattr(codec, "decode_batch", None)
-    if callable(batched):
-        return list(batched(list(token_lists), images, lps))
-    if images is None:
-        return [codec.decode(tokens, lp) for tokens, lp in zip(token_lists, lps)]
-    return [codec.decode(tokens, lp, image=image) for tokens, lp, image in zip(token_lists, lps, images)]
-
-
-def decode_all(codec, gen, step_log_probs: Optional[torch.Tensor] = None,
-               images: Optional[torch.Tensor] = None) -> list:
-    """Decode every generated sequence of `gen` (a model.encdec.Generation, B*N sequences: N per image in
-    image order) up to its length; `images` (FloatTensor[B, 3, S, S], the model's inputs) gives each
-    sequence its own image."""
-    tokens, lengths = gen.tokens.cpu(), gen.lengths.cpu()
-    count = tokens.shape[0]
-    if images is not None:
-        if len(images) == 0 or count % len(images):
-            raise ValueError(f"{count} generated sequences do not split over {len(images)} images")
-        per_image = count // len(images)
-        images = images.repeat_interleave(per_image, dim=0) if per_image > 1 else images
-    lps = None if step_log_probs is None else [step_log_probs[i, :lengths[i]] for i in range(count)]
-    return decode_tokens(codec, [tokens[i, :lengths[i]].tolist() for i in range(count)], images, lps)
 
 # Metrics over a split: (outputs, targets, ids) -> {name: float}, as the field's reference tool.
 MetricsFn = Callable[[Sequence[Any], Sequence[Any], Sequence[Any]], "dict[str, float]"]
@@ -206,3 +166,47 @@ class DataCheck:
 
     splits: Callable[[str], "list[str]"]
     check: Callable[[str, str], "dict[str, Any]"]
+
+
+# ---- codec helpers: targets <-> tokens through any codec (the core and the tasks use them) --------------
+
+def encode_all(codec, targets: Sequence[Any], rngs: Optional[Sequence[Any]] = None) -> list[torch.Tensor]:
+    """Each target's tokens (LongTensor[T_i]); `rngs[i]` drives target i's random order. One batched call
+    when the codec offers `encode_batch(targets, rngs)` (a learned code runs a network), else one each."""
+    rngs = list(rngs) if rngs is not None else [None] * len(targets)
+    batched = getattr(codec, "encode_batch", None)
+    if callable(batched):
+        return list(batched(list(targets), rngs))
+    return [codec.encode(t, r) for t, r in zip(targets, rngs)]
+
+
+def decode_tokens(codec, token_lists: Sequence[Sequence[int]], images: Optional[torch.Tensor] = None,
+                  step_log_probs: Optional[Sequence[Optional[torch.Tensor]]] = None) -> list:
+    """Token lists -> the task's outputs. `images`: FloatTensor[len(token_lists), 3, S, S], sequence i's image
+    (what the model saw; a learned code decodes with it), or None. One batched call when the codec offers
+    `decode_batch(token_lists, images, step_log_probs)`, else `decode(tokens, step_log_probs, image=...)` each."""
+    lps = list(step_log_probs) if step_log_probs is not None else [None] * len(token_lists)
+    if images is not None and len(images) != len(token_lists):
+        raise ValueError(f"{len(token_lists)} token sequences but {len(images)} images")
+    batched = getattr(codec, "decode_batch", None)
+    if callable(batched):
+        return list(batched(list(token_lists), images, lps))
+    if images is None:
+        return [codec.decode(tokens, lp) for tokens, lp in zip(token_lists, lps)]
+    return [codec.decode(tokens, lp, image=image) for tokens, lp, image in zip(token_lists, lps, images)]
+
+
+def decode_all(codec, gen, step_log_probs: Optional[torch.Tensor] = None,
+               images: Optional[torch.Tensor] = None) -> list:
+    """Decode every generated sequence of `gen` (a model.encdec.Generation, B*N sequences: N per image in
+    image order) up to its length; `images` (FloatTensor[B, 3, S, S], the model's inputs) gives each
+    sequence its own image."""
+    tokens, lengths = gen.tokens.cpu(), gen.lengths.cpu()
+    count = tokens.shape[0]
+    if images is not None:
+        if len(images) == 0 or count % len(images):
+            raise ValueError(f"{count} generated sequences do not split over {len(images)} images")
+        per_image = count // len(images)
+        images = images.repeat_interleave(per_image, dim=0) if per_image > 1 else images
+    lps = None if step_log_probs is None else [step_log_probs[i, :lengths[i]] for i in range(count)]
+    return decode_tokens(codec, [tokens[i, :lengths[i]].tolist() for i in range(count)], images, lps)
