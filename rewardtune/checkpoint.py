@@ -151,11 +151,16 @@ def remove_partial(folder: str) -> None:
 
 
 def read_pointer(folder: str, name: str) -> Optional[str]:
+    """The checkpoint folder name the pointer file `folder/name` ('latest', 'best') holds, or None."""
+    path = os.path.join(folder, name)
     try:
-        with open(os.path.join(folder, name)) as f:
+        with open(path) as f:
             return f.read().strip() or None
     except FileNotFoundError:
         return None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise UserError(f"{path}: must be a pointer file holding a checkpoint folder's name (e.g. 'step-100'), "
+                        "not a folder or binary file") from None
 
 
 def standing(run_dir: str) -> str:

@@ -116,6 +116,10 @@ class TrainConfig:
     # there. Needs the loo baseline, a task with Task.item_tokens and a reward that splits by item
     # (detection's "map").
     credit: str = "sequence"
+    # > 0: each sample also gets the task's proposal (Task.propose; detection: its boxes hedged by their second
+    # class), rewarded like a sample; proposals that beat their image's sample mean are imitated with this weight
+    # times their advantage (a departure from the paper: steps.py, docs/method.md#detection). 0 = off.
+    proposal_weight: float = 0.0
     aux_weight: float = 1.0  # multiplies the task's auxiliary loss (already weighted by the task)
     kl_weight: float = 0.0  # optional KL to the initial (MLE) model
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
@@ -156,8 +160,8 @@ _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encode
              "code.depth", "code.heads", "code.head_channels")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.threads",
                  "train.eval_images", "train.eval_reward_samples", "train.patience", "train.top_k", "train.aux_weight",
-                 "train.kl_weight", "data.max_train_images", "data.max_val_images", "train.min_lr_ratio",
-                 "data.workers", "code.beta", "code.restart_every")
+                 "train.kl_weight", "train.proposal_weight", "data.max_train_images", "data.max_val_images",
+                 "train.min_lr_ratio", "data.workers", "code.beta", "code.restart_every")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -3,7 +3,7 @@
 Each takes this process's share of the batch, runs it as train.grad_accum_steps micro-batches (forward,
 loss, backward, one after the other: the gradients add up in the parameters' .grad) and returns (the
 step's loss, detached; logs of floats). Nothing task-specific: the task enters only through the Task
-contract (codec, reward, auxiliary loss, sample stats).
+contract (codec, reward, auxiliary loss, sample stats, proposals).
 
 Randomness is keyed by each sample's global position in the data stream (`positions`), never by
 rank or micro-batch, so K processes and k micro-batches draw exactly what one process draws for the
@@ -22,10 +22,10 @@ import torch
 
 from . import distributed
 from .credit import token_advantages
-from .errors import ConfigError
 from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss, token_reinforce_loss
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .model.vq import code_stats
+from .proposals import Proposals, make_proposals, proposal_logs, proposal_loss
 from .tasks.base import ITEM_PART, Task, decode_all, encode_all
 
 
@@ -124,7 +124,7 @@ def sample_per_image(ctx: StepContext, images: torch.Tensor, positions: Sequence
     cfg = ctx.train
     generators = [sample_generator(cfg.seed, p, images.device) for p in positions]
     return ctx.policy.generate(images, cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
-                               generator=generators)
+                               generator=generators, return_step_log_probs=cfg.proposal_weight > 0)
 
 
 @dataclass
@@ -141,6 +141,7 @@ class Drawn:
     # seconds spent sampling (the greedy baseline's decoding included), decoding the samples to outputs (a learned
     # code's stage I decoder), and computing the rewards
     times: dict = field(default_factory=dict)
+    proposals: Optional[Proposals] = None  # the task's proposals, with train.proposal_weight > 0 (proposals.py)
 
 
 def draw(ctx: StepContext, images: torch.Tensor, targets: list, positions: Sequence[int], part: slice) -> Drawn:
@@ -164,7 +165,12 @@ def draw(ctx: StepContext, images: torch.Tensor, targets: list, positions: Seque
     else:
         advantages = leave_one_out_advantage(rewards)  # per image over its own samples: exact per micro-batch
     times = {"time_sample": t1 - t0, "time_decode": t2 - t1, "time_reward": time.perf_counter() - t2}
-    return Drawn(part, gen, outputs, repeated, rewards, parts or {}, advantages, times)
+    proposals = None
+    if cfg.proposal_weight > 0:
+        t3 = time.perf_counter()
+        proposals = make_proposals(task, gen, images, repeated, rewards, ctx.reward_fn)
+        times["time_propose"] = time.perf_counter() - t3
+    return Drawn(part, gen, outputs, repeated, rewards, parts or {}, advantages, times, proposals)
 
 
 def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
@@ -189,7 +195,7 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
         total = total + loss.detach()
         for name, value in logs.items():
             terms[name] = terms.get(name, 0.0) + value
-    return total, {**reward_logs(task, drawn), **terms, "loss": total.item()}
+    return total, {**reward_logs(task, drawn), **proposal_logs(drawn), **terms, "loss": total.item()}
 
 
 def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
@@ -198,8 +204,11 @@ def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
     step (`share` = 1 / k, `kl_weight` its share of the global tokens); the terms' values for the logs."""
     cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
     tokens, lengths = d.gen.tokens, d.gen.lengths
-    with autocast(ctx, images.device):
-        step_lp = ctx.model(images, tokens, n)  # (B*N, T, V), float32
+    if d.proposals is None:
+        with autocast(ctx, images.device):
+            step_lp = ctx.model(images, tokens, n)  # (B*N, T, V), float32
+    else:  # one forward for samples and proposals (one graph for DDP): per image its N samples, then its N proposals
+        step_lp, prop_lp, prop_tokens = forward_with_proposals(ctx, images, tokens, d.proposals.tokens)
     if cfg.credit == "token":
         per_token = token_advantages(task, d.outputs, d.parts, n, lengths, tokens.shape[1], cfg.reward)
         loss = token_reinforce_loss(step_lp, tokens, lengths, per_token.to(step_lp.device)) * share
@@ -207,6 +216,10 @@ def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
         seq_lp = sequence_log_probs(step_lp, tokens, lengths)
         loss = reinforce_loss(seq_lp, d.advantages.flatten().to(seq_lp.device)) * share
     logs = {"pg_loss": loss.item()}
+    if d.proposals is not None:
+        prop = proposal_loss(sequence_log_probs(prop_lp, prop_tokens, d.proposals.lengths), d.proposals) * share
+        loss = loss + cfg.proposal_weight * prop
+        logs["proposal_loss"] = prop.item()
     if task.aux_loss is not None and cfg.aux_weight > 0:
         aux = task.aux_loss(step_lp, tokens, d.outputs, d.repeated) * share
         loss = loss + cfg.aux_weight * aux
@@ -218,6 +231,21 @@ def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
         loss = loss + cfg.kl_weight * kl
         logs["kl"] = kl.item()
     return loss, logs
+
+
+def forward_with_proposals(ctx: StepContext, images: torch.Tensor, tokens: torch.Tensor,
+                           proposals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step log-probs of the samples (B*N, T, V) and of the proposals (B*N, T', V) in one forward, and the
+    proposals' tokens padded to T'. The decoder is causal: end-token padding past a sequence is inert."""
+    n = ctx.train.num_samples
+    b, width = len(images), max(tokens.shape[1], proposals.shape[1])
+    both = torch.full((b, 2 * n, width), ctx.task.codec.end_token, dtype=torch.long, device=tokens.device)
+    both[:, :n, :tokens.shape[1]] = tokens.view(b, n, -1)
+    both[:, n:, :proposals.shape[1]] = proposals.to(tokens.device).view(b, n, -1)
+    with autocast(ctx, images.device):
+        step_lp = ctx.model(images, both.view(b * 2 * n, width), 2 * n).view(b, 2 * n, width, -1)
+    samples = step_lp[:, :n, :tokens.shape[1]].reshape(b * n, tokens.shape[1], -1)
+    return samples, step_lp[:, n:].reshape(b * n, width, -1), both[:, n:].reshape(b * n, width)
 
 
 def reward_logs(task: Task, drawn: Sequence[Drawn]) -> dict:

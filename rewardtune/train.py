@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed
 from .config import Config, TrainConfig, save as save_config
 from .credit import check_credit
+from .proposals import check_proposals
 from .data.loader import step_batches
 from .errors import ConfigError, UserError
 from .evaluate import build_stage_model, evaluate_run, held_out_reward, score_split
@@ -121,6 +122,7 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
                         f"not '{config.task}'")
     task = make_task(config, source["state"]["task_state"] if source else None)
     check_credit(task, cfg)
+    check_proposals(task, cfg)
     splits = task.datasets()
     train_split, val_split = splits["train"], splits["val"]
     for name, split in (("train", train_split), ("val", val_split)):

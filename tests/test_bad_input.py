@@ -259,11 +259,23 @@ def garbage_checkpoint(task, root, ctx):
     return "tune", [], "garbage_init", init
 
 
+def checkpoint_pointer_is_a_folder(task, root, ctx):
+    """A run folder assembled by hand, with a checkpoint folder copied in where the pointer file goes."""
+    init = str(ctx["tmp_path"] / "hand_init")
+    shutil.copytree(ctx["runs"](task), init)
+    folder, which = os.path.join(init, "checkpoints"), checkpoint.standing(init)  # the pointer --init reads
+    name = checkpoint.read_pointer(folder, which)
+    os.remove(os.path.join(folder, which))
+    shutil.copytree(os.path.join(folder, name), os.path.join(folder, which))
+    return "tune", [], os.path.join("hand_init", "checkpoints", which) + ": must be a pointer file", init
+
+
 CASES = [missing_annotations, missing_image_folder, missing_image, corrupt_image, all_corrupt_with_skip,
          corrupt_panoptic_png,
          truncated_json, schema_not_a_list, schema_missing_key, unknown_category, impossible_box, nan_box,
          path_escape, path_escape_absolute, empty_split, empty_val_split, unknown_config_key, unknown_task_option,
-         negative_lr, bad_task_option, checkpoint_of_another_task, checkpoint_of_another_shape, garbage_checkpoint]
+         negative_lr, bad_task_option, checkpoint_of_another_task, checkpoint_of_another_shape, garbage_checkpoint,
+         checkpoint_pointer_is_a_folder]
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -103,3 +103,31 @@ def test_detection_reward_steps_with_per_box_credit(world, tmp_path):
     with pytest.raises(ConfigError, match="reward 'recall' does not"):  # recall does not split over boxes
         train(config("detection", "reward", world, "train.steps=1", "train.num_samples=3", "train.reward=recall",
                      "train.credit=token"), str(tmp_path / "recall"), init_dir=mle, evaluate_at_end=False)
+
+
+def box_count_reward(outputs, targets):
+    """A user reward that pays for every box: a hedge proposal has more than its own sample."""
+    return torch.tensor([float(len(o["classes"])) for o in outputs]), {}
+
+
+def test_detection_reward_steps_with_hedge_proposals(world, tmp_path):
+    from rewardtune.errors import ConfigError
+    mle = str(tmp_path / "mle")
+    train(config("detection", "mle", world, "train.steps=2", "train.lr=3e-3"), mle, evaluate_at_end=False)
+    runs = {}
+    for weight in ("0", "1"):
+        runs[weight] = str(tmp_path / f"w{weight}")
+        train(config("detection", "reward", world, "train.steps=2", "train.num_samples=3", "train.lr=1e-3",
+                     "train.reward=test_tasks_smoke:box_count_reward", f"train.proposal_weight={weight}",
+                     "train.log_every=1"), runs[weight], init_dir=mle, evaluate_at_end=False)
+    fractions = losses(runs["1"], "train/proposal_frac")
+    assert len(fractions) == 2 and all(0 < f <= 1 for f in fractions)
+    assert all(f > 0 for f in losses(runs["1"], "train/proposal_better_frac"))  # each hedge adds a box
+    assert len(losses(runs["1"], "train/proposal_loss")) == 2 and not losses(runs["0"], "train/proposal_loss")
+    # the first step draws the same samples (same seed, same start): the runs differ by the self-imitation term
+    assert losses(runs["1"], "train/reward")[0] == losses(runs["0"], "train/reward")[0]
+    a, b = weights(runs["0"]), weights(runs["1"])
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the proposals' loss left the parameters unchanged"
+    with pytest.raises(ConfigError, match="'train.proposal_weight': 0.5 needs a task that proposes"):
+        train(config("captioning", "reward", world, "train.steps=1", "train.num_samples=3", "train.proposal_weight=0.5"),
+              str(tmp_path / "cap"), evaluate_at_end=False)

@@ -125,6 +125,11 @@ class Task:
     # Optional, for train.credit = "token": output -> int64[k, 2], the [start, stop) token positions of each of
     # its k items, in the order of the reward's ITEM_PART. Detection: each box's six tokens.
     item_tokens: Optional[Callable[[Any], np.ndarray]] = None
+    # Optional, for train.proposal_weight > 0: (a sample's tokens up to its end token, its step_log_probs
+    # FloatTensor[T, V]) -> a token list ending with the end token that the sampler would rarely draw but the
+    # reward may pay for, or None. The loop rewards each proposal and imitates those that beat their image's
+    # sample mean (steps.py). Detection: the sample with its boxes hedged by their second class (proposals.py).
+    propose: Optional[Callable[[Sequence[int], torch.Tensor], Optional[list]]] = None
     # Optional: the target as pixels (UViM's learned code, train.stage = "codec"); panoptic and colorization.
     dense: Optional[DenseTarget] = None
     state: dict = field(default_factory=dict)  # JSON-serialisable state saved with checkpoints

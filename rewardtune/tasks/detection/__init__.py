@@ -29,6 +29,7 @@ from ..base import DataCheck, FileScorer, Task
 from .aux import iou_confidence_loss, self_iou_mle_loss
 from .codec import BOX_ORDERS, SCORES, DetectionCodec
 from .headroom import headroom
+from .proposals import hedge_proposal
 from .data import annotated_splits, check_instances, load_split, read_instances, split_paths, task_state
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
 from .rewards import class_weights, detection_stats, iou_conf_targets, map_reward, recall_reward
@@ -207,6 +208,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         aux_loss=aux,
         mle_loss=partial(self_iou_mle_loss, codec=codec) if opts.mle_conf == "self_iou" else None,
         item_tokens=box_tokens,
+        propose=partial(hedge_proposal, codec),
         headroom=partial(headroom, codec=codec, metrics=partial(_metrics, categories=categories)),
         calibrate=(partial(_calibrate, codec=codec, state=state, opts=opts)
                    if codec.score == "learned" else None),

@@ -108,7 +108,8 @@ class DetectionCodec:
 
         `step_log_probs`: FloatTensor[T, V], row t the distribution token t was drawn from. Scores:
         expected IoU = p(right) / (p(wrong) + p(right)) at the conf token; token probability =
-        exp(mean log-prob of the 5 coordinate/class tokens); both 1 without `step_log_probs`; the
+        exp(mean log-prob of the 5 coordinate/class tokens) (a box repeating an earlier box's coordinates: see
+        `_score_repeats`); both 1 without `step_log_probs`; the
         learned score (score_head.py) of the fitted head, token probability until one is fitted.
         `scores` holds the one named by the codec's `score`.
         """
@@ -145,11 +146,29 @@ class DetectionCodec:
         pos = torch.from_numpy(starts[:, None] + np.arange(6))  # (k, 6)
         picked = lp[pos, torch.from_numpy(groups)].numpy().astype(np.float64)  # (k, 6) log p of each token
         score_prob = np.exp(picked[:, :5].mean(axis=1))
+        self._score_repeats(groups, pos, lp, picked, score_prob)
         conf = lp[pos[:, 5]].numpy().astype(np.float64)  # (k, V)
         with np.errstate(invalid="ignore", over="ignore"):
             score_iou = 1.0 / (1.0 + np.exp(conf[:, self.wrong_token] - conf[:, self.right_token]))
         return (np.nan_to_num(score_iou, nan=0.0).astype(np.float32),
                 np.nan_to_num(score_prob, nan=0.0).astype(np.float32))
+
+    def _score_repeats(self, groups: np.ndarray, pos: torch.Tensor, lp: torch.Tensor, picked: np.ndarray,
+                       score_prob: np.ndarray) -> None:
+        """Token probability of a box that repeats an earlier box's four coordinates (a hedge, proposals.py), in
+        place: the first box's coordinate log-probs with the repeat's class read from the first box's class
+        distribution (the model's belief about that object; the repeat's own class token says only which
+        other class to emit). A repeat of the same class is a duplicate: score 0."""
+        for k in range(1, len(groups)):
+            same = np.flatnonzero((groups[:k, :4] == groups[k, :4]).all(1))
+            if len(same) == 0:
+                continue
+            j = int(same[0])
+            if (groups[same, 4] == groups[k, 4]).any():
+                score_prob[k] = 0.0
+                continue
+            class_lp = float(lp[pos[j, 4], int(groups[k, 4])])
+            score_prob[k] = np.exp((picked[j, :4].sum() + class_lp) / 5.0)
 
     def read_back(self) -> torch.Tensor:
         """LongTensor[V]: the token the decoder reads after each token; "wrong" is read as "right"."""

@@ -1,0 +1,90 @@
+"""Task proposals in the reward stage (`train.proposal_weight > 0`): a departure from the paper.
+
+REINFORCE only learns from what the sampler draws. Where the reward pays for outputs the model almost
+never samples (detection: a box emitted again with its second class, docs/method.md#detection), a task
+may propose them: `Task.propose` turns each sample into a variant. The loop rewards every proposal like
+a sample and adds a self-imitation term (Oh et al. 2018, "Self-Imitation Learning"): the proposals whose
+reward beats the mean reward of their image's samples raise their log-likelihood, weighted by that margin,
+
+    L_prop = -proposal_weight * mean_j( max(R(prop_j) - mean_i R(sample_i), 0) * log P(prop_j | x) ),
+
+and the others are left alone (pushing down what the model would not draw anyway teaches nothing). The
+REINFORCE term on the samples is unchanged. Deterministic: a proposal is a function of its sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import ConfigError
+from .tasks.base import Task, decode_tokens
+
+
+@dataclass
+class Proposals:
+    """One micro-batch's proposals, one per sample (B*N, in sample order)."""
+
+    tokens: torch.Tensor  # LongTensor[B*N, T], end-token padded; a sample without a proposal holds itself
+    lengths: torch.Tensor  # LongTensor[B*N]
+    valid: torch.Tensor  # BoolTensor[B, N]: the task proposed something for this sample
+    rewards: torch.Tensor  # (B, N); the sample's own reward where not valid
+    advantages: torch.Tensor  # (B, N): R(proposal) - mean R(samples of its image), 0 where not valid
+
+
+def check_proposals(task: Task, train) -> None:
+    """ConfigError, before anything runs, when train.proposal_weight > 0 cannot work with this task."""
+    if train.stage == "reward" and train.proposal_weight > 0 and task.propose is None:
+        raise ConfigError(f"config key 'train.proposal_weight': {train.proposal_weight} needs a task that proposes "
+                          f"outputs (Task.propose); task '{task.name}' has none (set it to 0)")
+
+
+def make_proposals(task: Task, gen, images: torch.Tensor, repeated: Sequence, sample_rewards: torch.Tensor,
+                   reward_fn: Callable) -> Proposals:
+    """Proposals of the samples `gen` (a Generation with step_log_probs, N per image), rewarded against
+    `repeated` (each sample's target) and `sample_rewards` (B, N)."""
+    b, n = sample_rewards.shape
+    tokens, lengths = gen.tokens.cpu(), gen.lengths.cpu()
+    seqs, valid = [], []
+    for i in range(tokens.shape[0]):
+        own = tokens[i, :lengths[i]].tolist()
+        proposal = task.propose(own, gen.step_log_probs[i, :lengths[i]].detach().float().cpu())
+        valid.append(proposal is not None)
+        seqs.append(torch.as_tensor(proposal if proposal is not None else own, dtype=torch.long))
+    valid_t = torch.tensor(valid, dtype=torch.bool).view(b, n)
+    per_image = images.repeat_interleave(n, dim=0) if n > 1 else images
+    outputs = decode_tokens(task.codec, [s.tolist() for s in seqs], per_image)
+    rewards, _ = reward_fn(outputs, repeated)
+    rewards = torch.as_tensor(rewards, dtype=torch.float32).view(b, n)
+    rewards = torch.where(valid_t, rewards, sample_rewards)
+    advantages = torch.where(valid_t, rewards - sample_rewards.mean(1, keepdim=True), torch.zeros_like(rewards))
+    width = max(len(s) for s in seqs)
+    padded = torch.full((len(seqs), width), task.codec.end_token, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        padded[i, :len(s)] = s
+    return Proposals(padded.to(gen.tokens.device), torch.tensor([len(s) for s in seqs], dtype=torch.long,
+                                                                device=gen.tokens.device),
+                     valid_t, rewards, advantages)
+
+
+def proposal_loss(seq_log_probs: torch.Tensor, p: Proposals) -> torch.Tensor:
+    """Self-imitation of the proposals that beat their image's sample mean: -mean(max(A, 0) * log P) over all
+    B*N proposal slots ((B*N,) log-probs with grad -> scalar)."""
+    weight = p.advantages.clamp(min=0).flatten().to(seq_log_probs.device)
+    return -(weight.detach() * seq_log_probs).mean()
+
+
+def proposal_logs(drawn: Sequence) -> dict:
+    """Statistics of a step's proposals over its micro-batches: mean reward of the proposed ones, the share of
+    samples with a proposal, and the share of proposals that beat their image's sample mean."""
+    props = [d.proposals for d in drawn if d.proposals is not None]
+    if not props:
+        return {}
+    valid = torch.cat([p.valid.flatten() for p in props])
+    rewards = torch.cat([p.rewards.flatten() for p in props])
+    better = torch.cat([(p.advantages > 0).flatten() for p in props])
+    count = int(valid.sum())
+    return {"proposal_frac": float(valid.float().mean()),
+            "proposal_reward": float(rewards[valid].mean()) if count else 0.0,
+            "proposal_better_frac": float(better[valid].float().mean()) if count else 0.0}

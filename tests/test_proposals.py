@@ -1,0 +1,146 @@
+"""Task proposals (train.proposal_weight > 0, proposals.py): detection's hedge proposal on hand-made
+sequences, the proposals' rewards and advantages, the self-imitation loss, and the config errors."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from rewardtune.config import from_dict
+from rewardtune.errors import ConfigError
+from rewardtune.model.encdec import Generation, sequence_log_probs
+from rewardtune.proposals import Proposals, check_proposals, make_proposals, proposal_logs, proposal_loss
+from rewardtune.tasks.base import Task
+from rewardtune.tasks.detection.codec import DetectionCodec
+from rewardtune.tasks.detection.proposals import hedge_proposal
+from rewardtune.tasks.detection.rewards import map_reward
+
+CODEC = DetectionCodec(3, bins=5, max_boxes=3, box_order="canonical")
+A, B = (0, 0, 2, 2), (2, 2, 4, 4)  # two boxes (bins)
+
+
+def tokens(*boxes):
+    return [t for bins, c in boxes for t in (*bins, CODEC.class_token + c, CODEC.right_token)] + [CODEC.end_token]
+
+
+def log_probs(seq, class_probs):
+    """step log-probs [T, V]: uniform, except each box's class row, which is log(class_probs[k])."""
+    lp = torch.full((len(seq), CODEC.vocab_size), -5.0)
+    for k, probs in enumerate(class_probs):
+        row = torch.full((CODEC.vocab_size,), -30.0)
+        row[CODEC.class_token:CODEC.class_token + 3] = torch.log(torch.tensor(probs))
+        lp[6 * k + 4] = row
+    return lp
+
+
+def test_each_box_is_followed_by_its_copy_with_the_second_class():
+    seq = tokens((A, 0), (B, 2))
+    out = hedge_proposal(CODEC, seq, log_probs(seq, [(0.6, 0.3, 0.1), (0.2, 0.1, 0.7)]))
+    # room for one hedge (max_boxes 3): the box with the closer call (A: 0.6 vs 0.3) gets it, class 1
+    assert out == tokens((A, 0), (A, 1), (B, 2))
+    wide = DetectionCodec(3, bins=5, max_boxes=4, box_order="canonical")
+    out = hedge_proposal(wide, seq, log_probs(seq, [(0.6, 0.3, 0.1), (0.2, 0.1, 0.7)]))
+    assert out == tokens((A, 0), (A, 1), (B, 2), (B, 0))
+    # a drawn class that was not the most likely: the hedge is the most likely one
+    out = hedge_proposal(CODEC, tokens((A, 2)), log_probs(tokens((A, 2)), [(0.5, 0.3, 0.2)]))
+    assert out == tokens((A, 2), (A, 0))
+    # the conf token is copied
+    wrong = tokens((A, 0))
+    wrong[5] = CODEC.wrong_token
+    assert hedge_proposal(CODEC, wrong, log_probs(wrong, [(0.6, 0.3, 0.1)]))[6:12] == [*A, CODEC.class_token + 1,
+                                                                                     CODEC.wrong_token]
+
+
+def test_nothing_to_hedge_gives_none():
+    assert hedge_proposal(CODEC, [CODEC.end_token], torch.zeros(1, CODEC.vocab_size)) is None
+    full = tokens((A, 0), (B, 1), (A, 2))
+    assert hedge_proposal(CODEC, full, log_probs(full, [(0.5, 0.4, 0.1)] * 3)) is None  # at max_boxes
+    one_class = DetectionCodec(1, bins=5, max_boxes=3)
+    seq = [*A, one_class.class_token, one_class.right_token, one_class.end_token]
+    assert hedge_proposal(one_class, seq, torch.zeros(len(seq), one_class.vocab_size)) is None
+
+
+def test_proposals_are_rewarded_and_beat_the_sample_mean_or_are_left_alone():
+    """One image, the truth A of class 1, two samples: A called 0 (reward 0; its hedge A/1 matches) and
+    B called 1 (a false positive; its hedge too)."""
+    truth = {"boxes": np.array([A], np.float32) / 4, "classes": np.array([1])}
+    s1, s2 = tokens((A, 0)), tokens((B, 1))
+    width = max(len(s1), len(s2))
+    toks = torch.full((2, width), CODEC.end_token, dtype=torch.long)
+    toks[0, :len(s1)], toks[1, :len(s2)] = torch.tensor(s1), torch.tensor(s2)
+    lp = torch.stack([log_probs(s1, [(0.6, 0.3, 0.1)]), log_probs(s2, [(0.1, 0.6, 0.3)])])
+    gen = Generation(toks, torch.tensor([len(s1), len(s2)]), torch.zeros(2), torch.ones(2, dtype=torch.bool), lp)
+    reward = partial(map_reward, weights=np.ones(3))
+    task = Task("detection", CODEC, dict, {}, None, None, None, propose=partial(hedge_proposal, CODEC))
+    samples, _ = reward([CODEC.decode(s1), CODEC.decode(s2)], [truth, truth])
+    samples = torch.as_tensor(samples, dtype=torch.float32).view(1, 2)
+    assert samples.tolist() == [[0.0, 0.0]]
+    p = make_proposals(task, gen, torch.zeros(1, 3, 8, 8), [truth, truth], samples, reward)
+    assert p.valid.tolist() == [[True, True]]
+    assert p.tokens[0, :13].tolist() == tokens((A, 0), (A, 1)) and int(p.lengths[0]) == 13
+    assert p.rewards[0, 0] == 1.0 and p.rewards[0, 1] == 0.0  # the hedge A/1 matches at every threshold
+    assert p.advantages.tolist() == [[1.0, 0.0]]
+    logs = proposal_logs([type("D", (), {"proposals": p})()])
+    assert logs == {"proposal_frac": 1.0, "proposal_reward": 0.5, "proposal_better_frac": 0.5}
+
+
+def test_self_imitation_loss_raises_only_the_proposals_that_beat_the_mean():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7, requires_grad=True)
+    toks, lengths = torch.randint(0, 7, (3, 5)), torch.tensor([5, 3, 4])
+    p = Proposals(toks, lengths, torch.tensor([[True, True, False]]), torch.zeros(1, 3),
+                  torch.tensor([[2.0, -1.0, 0.0]]))
+    seq_lp = sequence_log_probs(torch.log_softmax(logits, -1), toks, lengths)
+    loss = proposal_loss(seq_lp, p)
+    torch.testing.assert_close(loss, -(2.0 * seq_lp[0]) / 3)
+    g, = torch.autograd.grad(loss, logits)
+    assert torch.count_nonzero(g[0]) > 0 and torch.count_nonzero(g[1:]) == 0
+
+
+def test_proposal_weight_errors_name_the_key():
+    with pytest.raises(ConfigError, match="'train.proposal_weight'"):
+        from_dict({"train": {"proposal_weight": -1.0}})
+    config = from_dict({"train": {"stage": "reward", "proposal_weight": 0.5}})
+    check_proposals(Task("detection", CODEC, dict, {}, None, None, None, propose=partial(hedge_proposal, CODEC)),
+                    config.train)
+    with pytest.raises(ConfigError, match="'train.proposal_weight': 0.5 needs a task that proposes"):
+        check_proposals(Task("toy", CODEC, dict, {}, None, None, None), config.train)
+    check_proposals(Task("toy", CODEC, dict, {}, None, None, None), from_dict({"train": {"stage": "reward"}}).train)
+
+
+def test_samples_and_proposals_in_one_forward_equal_two_forwards():
+    from types import SimpleNamespace
+
+    from rewardtune.config import ModelConfig
+    from rewardtune.model.encdec import build_model
+    from rewardtune.steps import StepContext, forward_with_proposals
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(patch_size=4, width=32, encoder_depth=1, decoder_depth=1, heads=2), 8, CODEC).eval()
+    task = Task("detection", CODEC, dict, {}, None, None, None)
+    ctx = StepContext(task, model, model, SimpleNamespace(num_samples=2, precision="fp32"))
+    images = torch.rand(2, 3, 8, 8)
+    tokens = torch.randint(0, CODEC.bins, (4, 7))
+    proposals = torch.randint(0, CODEC.bins, (4, 13))
+    samples_lp, prop_lp, padded = forward_with_proposals(ctx, images, tokens, proposals)
+    torch.testing.assert_close(samples_lp, model(images, tokens, 2))
+    torch.testing.assert_close(prop_lp, model(images, proposals, 2))
+    assert torch.equal(padded, proposals)
+
+
+def test_a_hedge_is_scored_by_the_first_box_s_class_distribution_and_a_same_class_repeat_by_zero():
+    seq = tokens((A, 0), (A, 1), (B, 2), (B, 2))
+    lp = log_probs(seq, [(0.6, 0.3, 0.1), (0.01, 0.98, 0.01), (0.2, 0.1, 0.7), (0.1, 0.1, 0.8)])
+    for k in range(4):  # coordinate tokens at log 0.5
+        lp[6 * k:6 * k + 4] = -30.0
+        lp[torch.arange(6 * k, 6 * k + 4), torch.tensor(seq[6 * k:6 * k + 4])] = float(np.log(0.5))
+    wide = DetectionCodec(3, bins=5, max_boxes=4, box_order="canonical")
+    out = wide.decode(seq, lp)
+    half = np.log(0.5)
+    expected = [np.exp((4 * half + np.log(0.6)) / 5), np.exp((4 * half + np.log(0.3)) / 5),  # not log(0.98)
+                np.exp((4 * half + np.log(0.7)) / 5), 0.0]
+    np.testing.assert_allclose(out["score_prob"], expected, rtol=1e-5)
+    # the same as `rewardtune analyze`'s hedged output of the first box alone
+    from rewardtune.tasks.detection.headroom import hedge
+    single = wide.decode(seq[:6] + [wide.end_token], lp[:7])
+    hedged = hedge(single, lp[:7], wide.class_token, 3)
+    np.testing.assert_allclose(hedged["scores"], out["score_prob"][:2], rtol=1e-5)
