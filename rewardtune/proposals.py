@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import ConfigError
-from .tasks.base import Task, decode_tokens
+from .tasks.base import Task, decode_tokens, pad_sequences
 
 
 @dataclass
@@ -59,13 +59,8 @@ def make_proposals(task: Task, gen, images: torch.Tensor, repeated: Sequence, sa
     rewards = torch.as_tensor(rewards, dtype=torch.float32).view(b, n)
     rewards = torch.where(valid_t, rewards, sample_rewards)
     advantages = torch.where(valid_t, rewards - sample_rewards.mean(1, keepdim=True), torch.zeros_like(rewards))
-    width = max(len(s) for s in seqs)
-    padded = torch.full((len(seqs), width), task.codec.end_token, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        padded[i, :len(s)] = s
-    return Proposals(padded.to(gen.tokens.device), torch.tensor([len(s) for s in seqs], dtype=torch.long,
-                                                                device=gen.tokens.device),
-                     valid_t, rewards, advantages)
+    padded, padded_lengths = pad_sequences(seqs, task.codec.end_token)
+    return Proposals(padded.to(gen.tokens.device), padded_lengths.to(gen.tokens.device), valid_t, rewards, advantages)
 
 
 def proposal_loss(seq_log_probs: torch.Tensor, p: Proposals) -> torch.Tensor:

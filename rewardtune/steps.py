@@ -26,7 +26,7 @@ from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforc
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .model.vq import code_stats
 from .proposals import Proposals, make_proposals, proposal_logs, proposal_loss
-from .tasks.base import ITEM_PART, Task, decode_all, encode_all
+from .tasks.base import ITEM_PART, Task, decode_all, encode_all, pad_sequences
 
 
 @dataclass
@@ -85,15 +85,6 @@ def gradient_sync(ctx: StepContext, last: bool) -> ContextManager:
     """Around a micro-batch's forward and backward: DDP all-reduces the gradients on the step's last
     micro-batch only (the others run under no_sync and add to .grad locally)."""
     return nullcontext() if last or not hasattr(ctx.model, "no_sync") else ctx.model.no_sync()
-
-
-def pad_sequences(seqs: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of LongTensor[T_i] -> (LongTensor[B, max T], lengths LongTensor[B])."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = s
-    return out, lengths
 
 
 def mle_step(ctx: StepContext, images: torch.Tensor, targets: list,

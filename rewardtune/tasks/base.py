@@ -1,8 +1,8 @@
 """The Task contract: the single seam between the core (model, loop, checkpoints) and a task.
 
 The core never imports a task module directly; it asks `rewardtune.tasks.make_task(config)` and
-then only uses the fields below (and, for codecs, the helpers `encode_all`, `decode_tokens`,
-`decode_all`, which tasks may use too). A task module may also offer `FILE_SCORER`, a `FileScorer`: how
+then only uses the fields below (and, for codecs, the helpers `encode_all`, `pad_sequences`,
+`decode_tokens`, `decode_all`, which tasks may use too). A task module may also offer `FILE_SCORER`, a `FileScorer`: how
 `rewardtune score TASK` scores prediction files (the core reads it through `rewardtune.tasks.file_scorer`).
 
 Shapes: B = batch of images, N = samples per image, T = tokens, V = vocabulary size.
@@ -183,6 +183,15 @@ def encode_all(codec, targets: Sequence[Any], rngs: Optional[Sequence[Any]] = No
     if callable(batched):
         return list(batched(list(targets), rngs))
     return [codec.encode(t, r) for t, r in zip(targets, rngs)]
+
+
+def pad_sequences(seqs: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of LongTensor[T_i] -> (LongTensor[B, max T] padded with `pad`, lengths LongTensor[B])."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = s
+    return out, lengths
 
 
 def decode_tokens(codec, token_lists: Sequence[Sequence[int]], images: Optional[torch.Tensor] = None,

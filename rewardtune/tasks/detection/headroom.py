@@ -49,6 +49,17 @@ def pool_samples(samples: Sequence[dict], nms_iou: float | None = POOL_NMS_IOU) 
     return {"boxes": boxes[keep].astype(np.float32), "classes": classes[keep], "scores": scores[keep]}
 
 
+def second_class(class_lp: np.ndarray, drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per box, the most likely class other than the one emitted: class_lp float[k, C] (the distribution each
+    class token was drawn from), drawn int[k] -> (second int[k], its log-prob, the emitted class's log-prob)."""
+    lp = np.asarray(class_lp, np.float64).copy()
+    rows = np.arange(len(drawn))
+    emitted = lp[rows, drawn]
+    lp[rows, drawn] = -np.inf
+    second = lp.argmax(1)
+    return second, lp[rows, second], emitted
+
+
 def hedge(output: dict, step_log_probs: torch.Tensor, class_token: int, num_classes: int) -> dict:
     """A decoded greedy output (ranked by token probability) plus, per box, a copy with its second most
     likely class (the most likely class other than the emitted one, from the distribution the class token
@@ -59,11 +70,8 @@ def hedge(output: dict, step_log_probs: torch.Tensor, class_token: int, num_clas
     if num_classes < 2 or len(classes) == 0:
         return {"boxes": boxes, "classes": classes, "scores": prob.astype(np.float32)}
     rows = step_log_probs[torch.as_tensor(np.asarray(output["conf_pos"]) - 1)]  # (k, V): the class tokens' rows
-    lp = rows[:, class_token:class_token + num_classes].double().numpy().copy()  # (k, C)
-    emitted = lp[np.arange(len(classes)), classes]
-    lp[np.arange(len(classes)), classes] = -np.inf
-    second = lp.argmax(1)
-    second_prob = prob * np.exp((lp[np.arange(len(classes)), second] - emitted) / 5.0)
+    second, second_lp, emitted = second_class(rows[:, class_token:class_token + num_classes].double().numpy(), classes)
+    second_prob = prob * np.exp((second_lp - emitted) / 5.0)
     return {"boxes": np.concatenate([boxes, boxes]), "classes": np.concatenate([classes, second]),
             "scores": np.concatenate([prob, second_prob]).astype(np.float32)}
 

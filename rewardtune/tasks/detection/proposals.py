@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .headroom import second_class
+
 
 def hedge_proposal(codec, tokens: Sequence[int], step_log_probs: torch.Tensor) -> Optional[list[int]]:
     """The hedged copy of one sampled sequence (tokens up to its end token; `step_log_probs` [T, V], row t
@@ -26,12 +28,9 @@ def hedge_proposal(codec, tokens: Sequence[int], step_log_probs: torch.Tensor) -
     if len(starts) == 0 or room <= 0 or codec.num_classes < 2:
         return None
     lo, hi = codec.class_token, codec.class_token + codec.num_classes
-    rows = step_log_probs[torch.as_tensor(starts + 4)][:, lo:hi].double().numpy().copy()  # (k, C)
-    drawn = toks[starts + 4] - lo
-    picked = rows[np.arange(len(starts)), drawn]
-    rows[np.arange(len(starts)), drawn] = -np.inf
-    second = rows.argmax(1)
-    margin = picked - rows[np.arange(len(starts)), second]
+    rows = step_log_probs[torch.as_tensor(starts + 4)][:, lo:hi].double().numpy()  # (k, C)
+    second, second_lp, picked = second_class(rows, toks[starts + 4] - lo)
+    margin = picked - second_lp
     hedged = set(np.argsort(margin, kind="stable")[:room].tolist())
     out: list[int] = []
     for i, s in enumerate(starts):
