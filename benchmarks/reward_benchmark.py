@@ -5,6 +5,7 @@ model trained on for as many steps as tuning took, at the learning rate MLE ende
     .venv/bin/python benchmarks/reward_benchmark.py detection --seeds 0 1 2
     .venv/bin/python benchmarks/reward_benchmark.py captioning --seeds 0 1 2
     .venv/bin/python benchmarks/reward_benchmark.py detection --quick       # tiny, checks the chain
+    .venv/bin/python benchmarks/reward_benchmark.py detection --level faint --num-train 6000 --hedge
     .venv/bin/python benchmarks/reward_benchmark.py panoptic --codec learned --seeds 0 1 2
 
 `--codec learned` (panoptic, colorization): UViM. Stage I first (recipe <task>_bench_codec: the learned code),
@@ -40,6 +41,8 @@ from rewardtune.train import train  # noqa: E402
 # colorfulness with the fidelity term).
 TUNE_STAGES = {"detection": [("tune_recall", "mle"), ("tune_map", "tune_recall")],
                "colorization": [("tune", "mle"), ("tune_fidelity", "mle")]}
+# `--hedge` (detection): one stage from MLE with the hedge token (recipe detection_bench_tune_hedge)
+HEDGE_STAGES = [("tune_hedge", "mle")]
 COLUMNS = {"detection": ("map", "ap50", "ap75", "ar100"), "captioning": ("cider", "bleu4", "rougeL", "mean_length", "distinct_captions"),
            "colorization": ("colorfulness", "psnr", "ssim", "hist_distance"),
            "panoptic": ("pq", "sq", "rq", "pq_things", "pq_stuff")}
@@ -111,7 +114,7 @@ def run_seed(task: str, seed: int, args) -> dict:
         generate_shapes(data, num_train=args.num_train, num_val=args.num_val, num_test=16, image_size=64,
                         seed=seed, level=args.level)
     extra = QUICK if args.quick else []
-    plan = TUNE_STAGES.get(task, [("tune", "mle")])
+    plan = HEDGE_STAGES if task == "detection" and args.hedge else TUNE_STAGES.get(task, [("tune", "mle")])
     stages, parent = [name for name, _ in plan], dict(plan)
     runs_dir = os.path.join(args.out, "learned") if args.codec == "learned" else args.out
     run = lambda name: os.path.join(runs_dir, f"seed{seed}", name)  # noqa: E731
@@ -142,6 +145,12 @@ def run_seed(task: str, seed: int, args) -> dict:
                                            os.path.join(runs_dir, f"seed{seed}", "grid.png"))
     if task == "panoptic":
         extras["timing"] = sample_vs_reward_time(run(stages[-1]), seed=seed)
+    if task == "detection":  # the headroom before and after tuning (rewardtune analyze TUNED --init MLE)
+        from rewardtune.analysis import analyze_run
+        images, samples = (16, 4) if args.quick else (args.num_val, 16)
+        summary = analyze_run(run(stages[-1]), init_dir=run("mle"), samples=samples, images=images, seed=seed,
+                              out_dir=os.path.join(run(stages[-1]), "analysis"))
+        extras["headroom"] = summary.get("headroom", {})
     extras["time_split"] = {s: logged_means(run(s), [f"train/{k}" for k in TIME_SPLIT]) for s in stages}
     metrics = {n: scored(task, run(n), data) for n in names}
     if args.codec == "learned":  # the code's ceiling: stage I's last validation, decode(encode(truth)) on val
@@ -220,6 +229,10 @@ def print_table(task: str, results: list[dict]) -> None:
                   f"no end token {logged['no_end_rate']}, share of images whose samples all scored the same "
                   f"{logged['all_equal_frac']}")
     for r in results:
+        for label, headroom in r.get("headroom", {}).items():
+            print(f"seed {r['seed']} headroom ({label}): " + ", ".join(
+                f"{k} {v:.4f}" for k, v in headroom.items() if isinstance(v, float)))
+    for r in results:
         if "grid" in r:
             print(f"seed {r['seed']} grid (gray input | MLE | {' | '.join(leaves)} | truth): {r['grid']}")
         if "timing" in r:
@@ -279,9 +292,13 @@ def main() -> None:
     p.add_argument("--num-train", type=int, default=8000)
     p.add_argument("--num-val", type=int, default=256)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--hedge", action="store_true", help="detection: tune from MLE with the hedge token "
+                   "(detection_bench_tune_hedge) instead of the paper's recall then map stages")
     p.add_argument("--codec", choices=("grid", "learned"), default="grid",
                    help="learned: UViM (stage I, then stage II on its code); panoptic and colorization")
     args = p.parse_args()
+    if args.hedge and args.task != "detection":
+        p.error("--hedge: detection only")
     if args.codec == "learned" and args.task not in LEARNED_TASKS:
         p.error(f"--codec learned: only {', '.join(LEARNED_TASKS)} have a dense target")
     args.out = args.out or os.path.join("bench_out", args.task)

@@ -35,7 +35,7 @@ from .metrics_log import read_metrics_log
 from .model.encdec import EncoderDecoder, image_generator
 from .outputs import resolve_reward, score_outputs
 from .report import plots, stats
-from .tasks.base import Task, decode_all, decode_tokens, encode_all
+from .tasks.base import Task, decode_all, decode_tokens, encode_all, reads_log_probs
 
 CURVE_POINTS = (1, 10, 100, 1000, 10000)
 
@@ -70,7 +70,8 @@ def sample_pool(model: EncoderDecoder, task: Task, split, indices: Sequence[int]
     indices = list(indices)
     images, targets, ids = split.batch(indices)
     images = images.to(device)
-    greedy = model.generate(images, 1, greedy=True, return_step_log_probs=keep_outputs)
+    keep_lp = keep_outputs or reads_log_probs(task.codec)
+    greedy = model.generate(images, 1, greedy=True, return_step_log_probs=keep_lp)
     greedy_rewards, _ = score_outputs(reward_fns, decode_all(task.codec, greedy, images=images), targets)
     greedy_steps = _steps(greedy) if keep_outputs else []
     log_probs, rewards, parts, kept = [], {}, {}, []
@@ -81,7 +82,7 @@ def sample_pool(model: EncoderDecoder, task: Task, split, indices: Sequence[int]
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             gen = model.generate(image, n, temperature=temperature, generator=generator,
-                                 return_step_log_probs=keep_outputs)
+                                 return_step_log_probs=keep_lp)
             values, named = score_outputs(reward_fns, decode_all(task.codec, gen, images=image), [target] * n)
             chunks.append((gen.log_probs.double().cpu().numpy(), values, named,
                            decode_all(task.codec, gen, gen.step_log_probs.float().cpu(), images=image)

@@ -192,6 +192,28 @@ def find(run_dir: str, which: str = "latest") -> Optional[str]:
     return path
 
 
+REFERENCE = "reference.pt"  # RUN/reference.pt: the KL term's reference weights (train.kl_weight > 0)
+
+
+def save_reference(run_dir: str, model: torch.nn.Module) -> None:
+    """Write the weights a run starts from to RUN/reference.pt, atomically: the KL term's reference, which a
+    resumed run must read back (its resumed weights are not the reference)."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, REFERENCE)
+    _save_file(model.state_dict(), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    _fsync_dir(run_dir)
+
+
+def load_reference(run_dir: str, model: torch.nn.Module) -> None:
+    """Load RUN/reference.pt into `model` (a copy of the run's model); one line naming it when missing."""
+    path = os.path.join(run_dir, REFERENCE)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: missing: the KL reference (train.kl_weight > 0) this run started from; without "
+                        f"it the run cannot resume exactly (start it again in a new folder)")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
 def load(path: str, optimizer_state: bool = True) -> dict:
     """Read a checkpoint folder -> {"model", "optim", "rng", "state"}; refuses pickled code."""
     try:

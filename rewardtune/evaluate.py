@@ -15,7 +15,7 @@ from .model.encdec import EncoderDecoder, build_model, eval_mode, image_generato
 from .model.uvim import CodeModel
 from .model.vq import code_stats
 from .tasks import make_task
-from .tasks.base import Task, decode_all
+from .tasks.base import Task, decode_all, reads_log_probs
 
 
 @torch.no_grad()
@@ -101,7 +101,8 @@ def held_out_reward(model: EncoderDecoder, task: Task, split, indices: Sequence[
             chunk = indices[start:start + batch_size]
             images, targets, _ = split.batch(chunk)
             images = images.to(device)
-            gen = model.generate(images, samples, generator=[image_generator(seed, i, device) for i in chunk])
+            gen = model.generate(images, samples, generator=[image_generator(seed, i, device) for i in chunk],
+                                 return_step_log_probs=reads_log_probs(task.codec))
             rewards, _ = reward_fn(decode_all(task.codec, gen, images=images), [t for t in targets for _ in range(samples)])
             values.append(torch.as_tensor(rewards, dtype=torch.float64).reshape(-1))
     allv = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)

@@ -1,6 +1,8 @@
 """Losses as pure tensor functions. Shapes: B sequences, T tokens, V vocabulary, N samples per image."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -66,8 +68,16 @@ def token_reinforce_loss(step_log_probs: torch.Tensor, tokens: torch.Tensor, len
 
 
 def kl_to_reference(step_log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
-                    lengths: torch.Tensor) -> torch.Tensor:
-    """Mean over valid tokens of KL(policy || reference) per position: (B, T, V) x2, (B,) -> scalar."""
+                    lengths: torch.Tensor, exempt: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean over valid tokens of KL(policy || reference) per position: (B, T, V) x2, (B,) -> scalar.
+    `exempt`: BoolTensor[>= T], positions left out (the codec's `kl_exempt`: decisions the reference never
+    learned, e.g. detection's hedge token)."""
     kl = (step_log_probs.exp() * (step_log_probs - ref_log_probs.detach())).sum(-1)  # (B, T)
-    mask = valid_mask(lengths, kl.shape[1]).float()
+    mask = kl_mask(lengths, kl.shape[1], exempt).float()
     return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def kl_mask(lengths: torch.Tensor, T: int, exempt: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """BoolTensor[B, T]: the positions the KL term averages over (valid, not exempt)."""
+    mask = valid_mask(lengths, T)
+    return mask if exempt is None else mask & ~exempt[:T].to(mask.device)[None]

@@ -22,11 +22,12 @@ import torch
 
 from . import distributed
 from .credit import token_advantages
-from .losses import kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss, token_reinforce_loss
+from .losses import (kl_mask, kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss,
+                     token_reinforce_loss)
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .model.vq import code_stats
-from .proposals import Proposals, make_proposals, proposal_logs, proposal_loss
-from .tasks.base import ITEM_PART, Task, decode_all, encode_all, pad_sequences
+from .proposals import Proposals, departing_log_probs, make_proposals, proposal_logs, proposal_loss
+from .tasks.base import ITEM_PART, Task, decode_all, encode_all, pad_sequences, reads_log_probs
 
 
 @dataclass
@@ -65,6 +66,12 @@ def token_weights(ctx: StepContext, counts: Sequence[torch.Tensor]) -> list[torc
     counts = [c.float() for c in counts]
     total = distributed.all_sum(sum(counts), ctx.dist).clamp(min=1)
     return [c * ctx.dist.world / total for c in counts]
+
+
+def kl_exempt(codec) -> Optional[torch.Tensor]:
+    """The codec's positions left out of the KL term (Codec.kl_exempt), or None."""
+    fn = getattr(codec, "kl_exempt", None)
+    return fn() if callable(fn) else None
 
 
 def micro_batches(size: int, k: int) -> list[slice]:
@@ -115,7 +122,8 @@ def sample_per_image(ctx: StepContext, images: torch.Tensor, positions: Sequence
     cfg = ctx.train
     generators = [sample_generator(cfg.seed, p, images.device) for p in positions]
     return ctx.policy.generate(images, cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
-                               generator=generators, return_step_log_probs=cfg.proposal_weight > 0)
+                               generator=generators,
+                               return_step_log_probs=cfg.proposal_weight > 0 or reads_log_probs(ctx.task.codec))
 
 
 @dataclass
@@ -142,7 +150,8 @@ def draw(ctx: StepContext, images: torch.Tensor, targets: list, positions: Seque
     t0 = time.perf_counter()
     with autocast(ctx, images.device):
         gen = sample_per_image(ctx, images, positions[part])
-        greedy = ctx.policy.generate(images, 1, greedy=True) if cfg.baseline == "greedy" else None
+        greedy = (ctx.policy.generate(images, 1, greedy=True, return_step_log_probs=reads_log_probs(task.codec))
+                  if cfg.baseline == "greedy" else None)
     t1 = time.perf_counter()
     outputs = decode_all(task.codec, gen, images=images)
     greedy_outputs = decode_all(task.codec, greedy, images=images) if greedy is not None else None
@@ -177,7 +186,9 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
     cfg, task = ctx.train, ctx.task
     drawn = [draw(ctx, images, targets, positions, part)
              for part in micro_batches(len(images), cfg.grad_accum_steps)]
-    kl_weights = token_weights(ctx, [d.gen.lengths.sum() for d in drawn]) if ctx.reference is not None else None
+    exempt = kl_exempt(task.codec)
+    kl_weights = (token_weights(ctx, [kl_mask(d.gen.lengths, d.gen.tokens.shape[1], exempt).sum() for d in drawn])
+                  if ctx.reference is not None else None)
     total, terms = torch.zeros((), device=images.device), {}
     for i, d in enumerate(drawn):
         with gradient_sync(ctx, last=i == len(drawn) - 1):
@@ -208,7 +219,8 @@ def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
         loss = reinforce_loss(seq_lp, d.advantages.flatten().to(seq_lp.device)) * share
     logs = {"pg_loss": loss.item()}
     if d.proposals is not None:
-        prop = proposal_loss(sequence_log_probs(prop_lp, prop_tokens, d.proposals.lengths), d.proposals) * share
+        departing = departing_log_probs(prop_lp, prop_tokens, d.proposals.lengths, tokens, lengths)
+        prop = proposal_loss(departing, d.proposals) * share
         loss = loss + cfg.proposal_weight * prop
         logs["proposal_loss"] = prop.item()
     if task.aux_loss is not None and cfg.aux_weight > 0:
@@ -218,7 +230,7 @@ def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
     if ctx.reference is not None and cfg.kl_weight > 0:
         with torch.no_grad(), autocast(ctx, images.device):
             ref_lp = ctx.reference.log_probs(images, tokens, n)
-        kl = kl_to_reference(step_lp, ref_lp, lengths) * kl_weight
+        kl = kl_to_reference(step_lp, ref_lp, lengths, kl_exempt(task.codec)) * kl_weight
         loss = loss + cfg.kl_weight * kl
         logs["kl"] = kl.item()
     return loss, logs

@@ -137,7 +137,13 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
         loaded = load_encoder(config.model.init_encoder, model.encoder)
         if d.main:
             tqdm.write(f"rewardtune: {loaded}", file=sys.stderr)
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_weight > 0 else None
+    reference = None
+    if cfg.kl_weight > 0:  # the weights the run started from: saved once, read back on resume
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if resume:
+            checkpoint.load_reference(run_dir, reference)
+        elif d.main:
+            checkpoint.save_reference(run_dir, reference)
     optimizer, scheduler = make_optimizer(model, cfg)
     # baseline_state: the leave-one-out and greedy baselines hold no state across steps (None).
     state = {"task": config.task, "task_state": task.state, "config": config.to_dict(), "best_metric": None,

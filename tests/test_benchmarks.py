@@ -29,6 +29,23 @@ def test_reward_benchmark_quick_prints_the_table(tmp_path, task):
         assert grid.size == (5 * 68 * 2, 8 * 68 * 2)  # 8 val images x 5 columns of 64 px + 2 px margins, x2
 
 
+def test_detection_benchmark_with_the_hedge_token_tunes_one_stage_from_mle(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reward_benchmark.py"), "detection",
+                           "--quick", "--hedge", "--level", "faint", "--seeds", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("shapes world 'faint'", "0 tune_hedge", "map: tune_hedge - MLE", "seed 0 tune_hedge: reward step",
+                "seed 0 headroom (mle): greedy_map", "hedged_map", "seed 0 headroom (tuned): greedy_map"):
+        assert row in proc.stdout, (row, proc.stdout[-3000:])
+    assert "tune_recall" not in proc.stdout
+    import json
+    with open(tmp_path / "seed0" / "tune_hedge" / "config.json") as f:
+        assert json.load(f)["task_options"]["hedge_token"] is True
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reward_benchmark.py"), "captioning",
+                          "--quick", "--hedge", "--out", str(tmp_path / "cap")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--hedge: detection only" in bad.stderr
+
+
 def test_speed_benchmark_counts_attention_flops():
     """MFU's numerator: the CPU attention kernels count as the matmuls of plain attention (the stock
     FlopCounterMode counts them as 0), backward twice forward."""

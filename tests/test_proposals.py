@@ -90,11 +90,28 @@ def test_self_imitation_loss_raises_only_the_proposals_that_beat_the_mean():
     toks, lengths = torch.randint(0, 7, (3, 5)), torch.tensor([5, 3, 4])
     p = Proposals(toks, lengths, torch.tensor([[True, True, False]]), torch.zeros(1, 3),
                   torch.tensor([[2.0, -1.0, 0.0]]))
-    seq_lp = sequence_log_probs(torch.log_softmax(logits, -1), toks, lengths)
+    seq_lp = sequence_log_probs(torch.log_softmax(logits, -1), toks, lengths)  # any per-proposal log-probs
     loss = proposal_loss(seq_lp, p)
     torch.testing.assert_close(loss, -(2.0 * seq_lp[0]) / 3)
     g, = torch.autograd.grad(loss, logits)
     assert torch.count_nonzero(g[0]) > 0 and torch.count_nonzero(g[1:]) == 0
+
+
+def test_only_the_tokens_a_proposal_changes_are_imitated():
+    from rewardtune.proposals import departing_log_probs
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 7, requires_grad=True)
+    lp = torch.log_softmax(logits, -1)
+    samples = torch.tensor([[1, 2, 3, 6, 6], [1, 2, 3, 4, 6], [5, 6, 6, 6, 6]])
+    sample_lengths = torch.tensor([4, 5, 2])
+    props = torch.tensor([[1, 2, 4, 6, 6, 6],  # one token changed (a hedge token)
+                          [1, 2, 3, 4, 6, 6],  # nothing changed
+                          [5, 1, 2, 6, 6, 6]])  # two tokens where the sample had ended, then its own end
+    lengths = torch.tensor([4, 5, 4])
+    got = departing_log_probs(lp, props, lengths, samples, sample_lengths)
+    torch.testing.assert_close(got, torch.stack([lp[0, 2, 4], torch.tensor(0.0), lp[2, 1, 1] + lp[2, 2, 2] + lp[2, 3, 6]]))
+    g, = torch.autograd.grad(got.sum(), logits)
+    assert torch.count_nonzero(g[0, [0, 1, 3]]) == 0 and torch.count_nonzero(g[0, 2]) > 0 and torch.count_nonzero(g[1]) == 0
 
 
 def test_proposal_weight_errors_name_the_key():
@@ -144,3 +161,88 @@ def test_a_hedge_is_scored_by_the_first_box_s_class_distribution_and_a_same_clas
     single = wide.decode(seq[:6] + [wide.end_token], lp[:7])
     hedged = hedge(single, lp[:7], wide.class_token, 3)
     np.testing.assert_allclose(hedged["scores"], out["score_prob"][:2], rtol=1e-5)
+
+
+# -- the hedge token (task_options.hedge_token): the conf token "wrong" reads as "this box, and again with its
+# second class"
+HEDGE = DetectionCodec(3, bins=5, max_boxes=3, box_order="canonical", hedge_token=True)
+
+
+def test_a_hedge_token_decodes_to_the_box_and_its_copy_with_the_second_class():
+    seq = tokens((A, 0), (B, 2))
+    seq[5] = HEDGE.wrong_token  # box A hedged, box B not
+    lp = log_probs(seq, [(0.6, 0.3, 0.1), (0.2, 0.1, 0.7)])
+    out = HEDGE.decode(seq, lp)
+    assert out["classes"].tolist() == [0, 1, 2] and out["hedged"].tolist() == [False, True, False]
+    np.testing.assert_array_equal(out["boxes"][0], out["boxes"][1])
+    assert out["conf_pos"].tolist() == [5, 5, 11]  # the copy's tokens are its box's
+    # the copy's token probability: the box's, with the second class's log-prob in place of the first's
+    first = np.exp((4 * -5.0 + np.log(0.6)) / 5)
+    np.testing.assert_allclose(out["scores"][:2], [first, first * np.exp((np.log(0.3) - np.log(0.6)) / 5)], rtol=1e-5)
+    np.testing.assert_array_equal(out["scores"], out["score_prob"])
+    # without the log-probs nobody knows the second class: a plain box; without the option "wrong" is a score
+    assert HEDGE.decode(seq)["classes"].tolist() == [0, 2]
+    assert CODEC.decode(seq, lp)["classes"].tolist() == [0, 2]
+    # the training log counts the copies
+    from rewardtune.tasks.detection.rewards import detection_stats
+    truth = {"boxes": CODEC.boxes_from_bins(np.array([A])), "classes": np.array([1])}
+    assert detection_stats([out], [truth])["hedges_per_image"] == 1.0
+    assert "hedges_per_image" not in detection_stats([CODEC.decode(seq, lp)], [truth])
+    # the post-hoc headroom hedge leaves a box the model hedged itself alone and hedges the other
+    from rewardtune.tasks.detection.headroom import hedge
+    both = hedge(out, lp, HEDGE.class_token, 3)
+    assert both["classes"].tolist() == [0, 1, 2, 0]
+
+
+def test_the_reward_pays_for_a_hedge_that_finds_the_right_class():
+    truth = {"boxes": CODEC.boxes_from_bins(np.array([A])), "classes": np.array([1])}
+    seq = tokens((A, 0))
+    lp = log_probs(seq, [(0.6, 0.3, 0.1)])
+    hedged = list(seq)
+    hedged[5] = HEDGE.wrong_token
+    rewards, _ = map_reward([HEDGE.decode(seq, lp), HEDGE.decode(hedged, lp)], [truth, truth], weights=[1.0] * 3)
+    assert float(rewards[0]) == 0.0 and float(rewards[1]) > 0.0
+
+
+def test_the_hedge_token_proposal_sets_every_conf_token_to_hedge():
+    from rewardtune.tasks.detection.proposals import hedge_token_proposal
+    seq = tokens((A, 0), (B, 2))
+    lp = log_probs(seq, [(0.6, 0.3, 0.1), (0.2, 0.1, 0.7)])
+    out = hedge_token_proposal(HEDGE, seq, lp)
+    assert len(out) == len(seq) and out[5] == out[11] == HEDGE.wrong_token
+    assert [t for i, t in enumerate(out) if i not in (5, 11)] == [t for i, t in enumerate(seq) if i not in (5, 11)]
+    assert hedge_token_proposal(HEDGE, out, lp) is None  # every box already hedged
+    assert hedge_token_proposal(HEDGE, [HEDGE.end_token], torch.zeros(1, HEDGE.vocab_size)) is None
+    # a full sequence (max_boxes) can still be hedged: the copies take no positions
+    full = tokens((A, 0), (B, 1), (A, 2))
+    assert hedge_token_proposal(HEDGE, full, log_probs(full, [(0.5, 0.4, 0.1)] * 3)) is not None
+
+
+@pytest.mark.parametrize("key, value, named", [("aux_weight", 0.3, "aux_weight"), ("score", "learned", "score"),
+                                               ("score", "expected_iou", "score"), ("mle_conf", "self_iou", "mle_conf")])
+def test_hedge_token_config_errors_name_the_key(key, value, named):
+    from rewardtune.tasks.detection import detection_options
+    options = {"hedge_token": True, "aux_weight": 0.0, key: value}
+    config = from_dict({"task": "detection", "task_options": options})
+    with pytest.raises(ConfigError, match=f"'task_options.{named}'.*hedge_token"):
+        detection_options(config)
+    assert detection_options(from_dict({"task": "detection", "task_options": {"hedge_token": True, "aux_weight": 0}})
+                             ).hedge_token
+
+
+def test_the_kl_term_leaves_the_hedge_decisions_out():
+    from rewardtune.losses import kl_to_reference
+    exempt = HEDGE.kl_exempt()
+    assert exempt.shape == (HEDGE.max_len,) and torch.nonzero(exempt).flatten().tolist() == [5, 11, 17]
+    assert CODEC.kl_exempt() is None
+    torch.manual_seed(0)
+    lp, ref = torch.log_softmax(torch.randn(2, 13, 4), -1), torch.log_softmax(torch.randn(2, 13, 4), -1)
+    lengths = torch.tensor([13, 7])
+    per_token = (lp.exp() * (lp - ref)).sum(-1)
+    keep = [(0, t) for t in range(13) if t not in (5, 11)] + [(1, t) for t in range(7) if t != 5]
+    torch.testing.assert_close(kl_to_reference(lp, ref, lengths, exempt),
+                               torch.stack([per_token[b, t] for b, t in keep]).mean())
+    # a policy that moved only at the exempt positions has no KL at all
+    moved = ref.clone()
+    moved[:, 5] = torch.log_softmax(torch.randn(2, 4), -1)
+    assert float(kl_to_reference(moved, ref, lengths, exempt)) == 0.0 < float(kl_to_reference(moved, ref, lengths))

@@ -28,7 +28,8 @@ CONFIG = {"task": "test_resume_kill", "data": {"image_size": 16},
           "model": {"patch_size": 4, "width": 32, "encoder_depth": 1, "decoder_depth": 1, "heads": 2},
           "train": {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "eval_every": 6,
                     "checkpoint_every": 4, "log_every": 2, "seed": 3, "threads": 1}}
-TUNE = ["--set", "train.num_samples=3", "--set", "train.lr=1e-3"]
+# with a KL term: its reference must be the weights the run started from, also after a resume
+TUNE = ["--set", "train.num_samples=3", "--set", "train.lr=1e-3", "--set", "train.kl_weight=0.5"]
 # (environment of one killed launch, checkpoint `latest` expected after the kill); each launch resumes
 # from the `latest` the previous one left
 MLE_KILLS = [({checkpoint.KILL_ENV: "4:done"}, "step-4"),  # right after a checkpoint

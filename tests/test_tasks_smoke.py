@@ -128,6 +128,18 @@ def test_detection_reward_steps_with_hedge_proposals(world, tmp_path):
     assert losses(runs["1"], "train/reward")[0] == losses(runs["0"], "train/reward")[0]
     a, b = weights(runs["0"]), weights(runs["1"])
     assert any(not torch.equal(a[k], b[k]) for k in a), "the proposals' loss left the parameters unchanged"
+    # the hedge token (task_options.hedge_token): a proposal hedges every box in place; decoded with the sample's
+    # log-probs, each hedge is a second box, so a proposal has more boxes than its sample under this reward
+    hedged = str(tmp_path / "hedge")
+    train(config("detection", "reward", world, "train.steps=2", "train.num_samples=3", "train.lr=1e-3",
+                 "train.reward=test_tasks_smoke:box_count_reward", "train.proposal_weight=1", "train.log_every=1",
+                 "task_options.hedge_token=true", "task_options.aux_weight=0", "train.kl_weight=1",
+                 "train.grad_accum_steps=2"), hedged, init_dir=mle, evaluate_at_end=False)
+    assert len(losses(hedged, "train/kl")) == 2  # the KL term leaves the hedge decisions out (codec.kl_exempt)
+    assert all(f > 0.5 for f in losses(hedged, "train/proposal_better_frac"))
+    assert all(p > r for p, r in zip(losses(hedged, "train/proposal_reward"), losses(hedged, "train/reward")))
+    # the samples' hedges count too: the same samples read as plain boxes (w0, no hedge token) have fewer
+    assert losses(hedged, "train/reward")[0] > losses(runs["0"], "train/reward")[0]
     with pytest.raises(ConfigError, match="'train.proposal_weight': 0.5 needs a task that proposes"):
         train(config("captioning", "reward", world, "train.steps=1", "train.num_samples=3", "train.proposal_weight=0.5"),
               str(tmp_path / "cap"), evaluate_at_end=False)

@@ -45,6 +45,10 @@ class Codec(Protocol):
     # `encode_batch(targets, rngs) -> [LongTensor[T_i]]` and
     # `decode_batch(token_lists, images FloatTensor[n, 3, S, S] or None, step_log_probs [FloatTensor[T_i, V] or
     # None] * n) -> [output]`, each equal to encode / decode of every item in turn.
+    # Optional: `reads_step_log_probs: bool`, True when `decode` needs the step log-probs to say what the tokens
+    # mean (detection's hedge token: the second class); the core then generates and decodes with them (decode_all).
+    # Optional: `kl_exempt() -> BoolTensor[max_len] or None`, positions the KL term to the reference leaves out
+    # (train.kl_weight; detection's hedge decisions, which the MLE reference never learned).
     # Optional: `read_back() -> LongTensor[V]`, the token the decoder reads back after emitting each
     # token (identity where absent). Detection reads every box's conf token as "right": the conf
     # token is a score, and the boxes after it must not depend on which score was drawn.
@@ -210,11 +214,20 @@ def decode_tokens(codec, token_lists: Sequence[Sequence[int]], images: Optional[
     return [codec.decode(tokens, lp, image=image) for tokens, lp, image in zip(token_lists, lps, images)]
 
 
+def reads_log_probs(codec) -> bool:
+    """Whether `codec.decode` needs the step log-probs to read a sequence (Codec.reads_step_log_probs): generate
+    with return_step_log_probs=True for it."""
+    return bool(getattr(codec, "reads_step_log_probs", False))
+
+
 def decode_all(codec, gen, step_log_probs: Optional[torch.Tensor] = None,
                images: Optional[torch.Tensor] = None) -> list:
     """Decode every generated sequence of `gen` (a model.encdec.Generation, B*N sequences: N per image in
     image order) up to its length; `images` (FloatTensor[B, 3, S, S], the model's inputs) gives each
-    sequence its own image."""
+    sequence its own image. A codec that reads step log-probs (`reads_log_probs`) gets gen's own when none are
+    passed."""
+    if step_log_probs is None and reads_log_probs(codec) and gen.step_log_probs is not None:
+        step_log_probs = gen.step_log_probs.float().cpu()
     tokens, lengths = gen.tokens.cpu(), gen.lengths.cpu()
     count = tokens.shape[0]
     if images is not None:

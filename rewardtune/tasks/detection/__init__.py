@@ -29,7 +29,7 @@ from ..base import DataCheck, FileScorer, Task
 from .aux import iou_confidence_loss, self_iou_mle_loss
 from .codec import BOX_ORDERS, SCORES, DetectionCodec
 from .headroom import headroom
-from .proposals import hedge_proposal
+from .proposals import hedge_proposal, hedge_token_proposal
 from .data import annotated_splits, check_instances, load_split, read_instances, split_paths, task_state
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
 from .rewards import class_weights, detection_stats, iou_conf_targets, map_reward, recall_reward
@@ -61,6 +61,9 @@ class DetectionOptions:
     aux_weight: float = 0.3  # weight of the IoU-confidence loss (0 = off)
     # MLE target of the conf token: "right" (always; the paper's targets) or "self_iou" (aux.self_iou_mle_loss)
     mle_conf: str = "right"
+    # the conf token as a hedge decision ("wrong" = also emit the box with its second class; codec.py), a departure
+    # from the paper: needs the token-probability score and no IoU-confidence loss; proposals then hedge tokens
+    hedge_token: bool = False
 
 
 def detection_options(config) -> DetectionOptions:
@@ -77,6 +80,14 @@ def detection_options(config) -> DetectionOptions:
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
+    if opts.hedge_token:
+        for key, ok, why in (("aux_weight", opts.aux_weight == 0, "must be 0 with task_options.hedge_token (the conf "
+                                                                    "token is then a hedge, not a score)"),
+                             ("score", opts.score in ("auto", "token_prob"), "must be token_prob (or auto) with "
+                                                                              "task_options.hedge_token"),
+                             ("mle_conf", opts.mle_conf == "right", "must be right with task_options.hedge_token")):
+            if not ok:
+                raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
     return opts
 
 
@@ -190,7 +201,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
     state = _check_state(state)
     categories = state["categories"]
     codec = DetectionCodec(len(categories), opts.bins, opts.max_boxes, opts.box_order, resolve_score(opts, config),
-                           score_head=state.get("score_head"))
+                           score_head=state.get("score_head"), hedge_token=opts.hedge_token)
     weights = class_weights(state["class_counts"])
     splits = _Splits(config, state)
     aux = None
@@ -208,7 +219,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         aux_loss=aux,
         mle_loss=partial(self_iou_mle_loss, codec=codec) if opts.mle_conf == "self_iou" else None,
         item_tokens=box_tokens,
-        propose=partial(hedge_proposal, codec),
+        propose=partial(hedge_token_proposal if opts.hedge_token else hedge_proposal, codec),
         headroom=partial(headroom, codec=codec, metrics=partial(_metrics, categories=categories)),
         calibrate=(partial(_calibrate, codec=codec, state=state, opts=opts)
                    if codec.score == "learned" else None),

@@ -11,6 +11,13 @@ the end token, ends a sequence (docs/method.md#detection; the paper: "an end tok
 sequence"); the released big_vision code uses it for padding boxes.
 The decoder reads a "wrong" conf token back as "right" (`read_back`): MLE only ever shows it
 "right", and a box's score must not change the boxes that follow (what it changed: docs/results.md#medium-world).
+
+With `hedge_token` (a departure from the paper, docs/method.md#detection) the conf token is no score but a
+decision: "wrong" reads as *hedge*, "emit this box twice: with its class and with the most likely other
+class of the distribution its class token was drawn from". One token the sampler can draw stands for a
+hedged box, so reward tuning can learn when to hedge (a hedge repeated token by token is a 6-token event
+sampling almost never finds). The second class needs that distribution: `decode` without step log-probs
+reads a hedge as a plain box; `reads_step_log_probs` tells the core to pass them.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .headroom import second_class
 from .score_head import box_features, learned_scores
 
 BOX_ORDERS = ("random", "canonical")
@@ -29,7 +37,7 @@ class DetectionCodec:
     """Encodes detection targets as token sequences and decodes any token sequence into boxes."""
 
     def __init__(self, num_classes: int, bins: int = 64, max_boxes: int = 12, box_order: str = "random",
-                 score: str = "token_prob", score_head: Optional[dict] = None):
+                 score: str = "token_prob", score_head: Optional[dict] = None, hedge_token: bool = False):
         if num_classes < 1 or bins < 2 or max_boxes < 1:
             raise ValueError(f"DetectionCodec: need num_classes >= 1, bins >= 2, max_boxes >= 1, got "
                              f"{num_classes}, {bins}, {max_boxes}")
@@ -37,7 +45,11 @@ class DetectionCodec:
             raise ValueError(f"DetectionCodec: box_order {box_order!r} / score {score!r} not in "
                              f"{BOX_ORDERS} / {SCORES}")
         self.num_classes, self.bins, self.max_boxes = num_classes, bins, max_boxes
+        if hedge_token and score != "token_prob":
+            raise ValueError(f"DetectionCodec: hedge_token needs score 'token_prob', got {score!r}")
         self.box_order, self.score = box_order, score
+        self.hedge_token = hedge_token
+        self.reads_step_log_probs = hedge_token  # a hedge's second class comes from the class token's distribution
         self.score_head = score_head  # the fitted learned score (score_head.py), None until calibrated
         self.class_token = bins  # first class token
         self.no_object_token = bins + num_classes
@@ -111,7 +123,9 @@ class DetectionCodec:
         exp(mean log-prob of the 5 coordinate/class tokens) (a box repeating an earlier box's coordinates: see
         `_score_repeats`); both 1 without `step_log_probs`; the
         learned score (score_head.py) of the fitted head, token probability until one is fitted.
-        `scores` holds the one named by the codec's `score`.
+        `scores` holds the one named by the codec's `score`. With `hedge_token` and `step_log_probs`, each box
+        whose conf token is "wrong" is followed by its copy with the second most likely class (`_add_hedges`);
+        "hedged" (bool[k']) marks the copies.
         """
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.detach().cpu().reshape(-1).tolist()
@@ -132,7 +146,28 @@ class DetectionCodec:
         if step_log_probs is not None and self.score == "learned":  # only the learned score reads the features
             out["features"] = box_features(self, groups, starts, step_log_probs.detach().float().cpu())
             out["scores"] = out["score_learned"] = learned_scores(self.score_head, out["features"], score_prob)
+        if self.hedge_token:
+            out["hedged"] = np.zeros(len(groups), bool)
+            if step_log_probs is not None and self.num_classes > 1 and (groups[:, 5] == self.wrong_token).any():
+                out = self._add_hedges(out, groups, step_log_probs.detach().float().cpu())
         return out
+
+    def _add_hedges(self, out: dict, groups: np.ndarray, lp: torch.Tensor) -> dict:
+        """`out` with, after each box whose conf token is "wrong" (a hedge), its copy with the most likely class
+        other than the emitted one, scored by token probability with that class's log-prob swapped in (what
+        the headroom's post-hoc `hedge` gives every box). Same conf_pos: the copy's tokens are its box's."""
+        rows = lp[torch.as_tensor(np.asarray(out["conf_pos"]) - 1)][:, self.class_token:self.class_token + self.num_classes]
+        second, second_lp, emitted = second_class(rows.double().numpy(), out["classes"])
+        copy = {"classes": second, "score_prob": (out["score_prob"] * np.exp((second_lp - emitted) / 5.0)).astype(np.float32),
+                "hedged": np.ones(len(second), bool)}
+        order, hedges = [], groups[:, 5] == self.wrong_token
+        for i in range(len(groups)):  # row i of the box, then row k + i of its copy
+            order += [i, len(groups) + i] if hedges[i] else [i]
+        merged = {}
+        for key in ("boxes", "classes", "score_iou", "score_prob", "conf_pos", "hedged"):
+            merged[key] = np.concatenate([out[key], copy.get(key, out[key])])[order]
+        merged["scores"] = merged["score_prob"]
+        return merged
 
     def _scores(self, groups: np.ndarray, starts: np.ndarray,
                 step_log_probs: Optional[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +204,15 @@ class DetectionCodec:
                 continue
             class_lp = float(lp[pos[j, 4], int(groups[k, 4])])
             score_prob[k] = np.exp((picked[j, :4].sum() + class_lp) / 5.0)
+
+    def kl_exempt(self) -> Optional[torch.Tensor]:
+        """BoolTensor[max_len]: with `hedge_token`, the conf positions, left out of the KL term to the MLE
+        reference (train.kl_weight): the hedge is a decision the reference never learned (its conf target was
+        always "right"), so the KL keeps the boxes near the reference and leaves the hedges to the reward.
+        None without the hedge token."""
+        if not self.hedge_token:
+            return None
+        return torch.arange(self.max_len) % 6 == 5
 
     def read_back(self) -> torch.Tensor:
         """LongTensor[V]: the token the decoder reads after each token; "wrong" is read as "right"."""

@@ -69,10 +69,15 @@ def hedge(output: dict, step_log_probs: torch.Tensor, class_token: int, num_clas
     classes, prob = np.asarray(output["classes"], np.int64), np.asarray(output["score_prob"], np.float64)
     if num_classes < 2 or len(classes) == 0:
         return {"boxes": boxes, "classes": classes, "scores": prob.astype(np.float32)}
-    rows = step_log_probs[torch.as_tensor(np.asarray(output["conf_pos"]) - 1)]  # (k, V): the class tokens' rows
-    second, second_lp, emitted = second_class(rows[:, class_token:class_token + num_classes].double().numpy(), classes)
-    second_prob = prob * np.exp((second_lp - emitted) / 5.0)
-    return {"boxes": np.concatenate([boxes, boxes]), "classes": np.concatenate([classes, second]),
+    conf_pos = np.asarray(output["conf_pos"])
+    # boxes the model hedged itself (codec.hedge_token) already hold their copy: only the others get one
+    own = np.asarray(output.get("hedged", np.zeros(len(classes), bool)), bool)
+    todo = ~np.isin(conf_pos, conf_pos[own])
+    rows = step_log_probs[torch.as_tensor(conf_pos[todo] - 1)]  # (k', V): the class tokens' rows
+    second, second_lp, emitted = second_class(rows[:, class_token:class_token + num_classes].double().numpy(),
+                                              classes[todo])
+    second_prob = prob[todo] * np.exp((second_lp - emitted) / 5.0)
+    return {"boxes": np.concatenate([boxes, boxes[todo]]), "classes": np.concatenate([classes, second]),
             "scores": np.concatenate([prob, second_prob]).astype(np.float32)}
 
 

@@ -7,6 +7,9 @@ hedge proposal builds that sequence from a sample: after each of its boxes (thos
 class calls first, while the sequence stays within `max_boxes`), the same coordinates again with the
 most likely class other than the one drawn, and the same conf token. The loop scores each proposal
 with the reward and imitates the ones that beat the sample mean of their image (steps.py).
+
+With the codec's `hedge_token` a hedge is one token, the box's conf token set to "wrong" (codec.py):
+`hedge_token_proposal` sets it on every box, without using up any room under max_boxes.
 """
 from __future__ import annotations
 
@@ -39,3 +42,15 @@ def hedge_proposal(codec, tokens: Sequence[int], step_log_probs: torch.Tensor) -
         if i in hedged:
             out += group[:4] + [lo + int(second[i]), group[5]]
     return out + [codec.end_token]
+
+
+def hedge_token_proposal(codec, tokens: Sequence[int], step_log_probs: torch.Tensor) -> Optional[list[int]]:
+    """The sample with every box's conf token set to the hedge token (codec.hedge_token) -> token list ending
+    with the end token, or None when there is nothing to hedge (no box, one class, or every box hedged)."""
+    toks = np.asarray([int(t) for t in tokens], np.int64)
+    starts = codec._read_groups(toks)
+    if len(starts) == 0 or codec.num_classes < 2 or (toks[starts + 5] == codec.wrong_token).all():
+        return None
+    out = toks[:int(starts[-1]) + 6].copy()
+    out[starts + 5] = codec.wrong_token
+    return out.tolist() + [codec.end_token]

@@ -186,7 +186,8 @@ def detection_stats(outputs: Sequence[dict], targets: Sequence[dict]) -> dict[st
     """Batch numbers for the training log, at IoU >= 0.5 (as COCO matches), same class.
 
     precision50 and recall50 pool the batch (matched / predicted, matched / ground truths); with
-    nothing predicted precision50 is 0, with no ground truth recall50 is 1.
+    nothing predicted precision50 is 0, with no ground truth recall50 is 1. With the hedge token
+    (outputs carry "hedged"), hedges_per_image: the copies among the boxes.
     """
     if not outputs:
         return {"boxes_per_image": 0.0, "duplicates_per_image": 0.0, "precision50": 0.0, "recall50": 1.0}
@@ -195,7 +196,10 @@ def detection_stats(outputs: Sequence[dict], targets: Sequence[dict]) -> dict[st
     overlaps = ((p.iou >= 0.5) & p.allowed).any(-1)  # (S, K)
     matched = int((match >= 0).sum())
     num_pred, num_gt = int((p.pred_classes >= 0).sum()), int((p.gt_classes >= 0).sum())
+    hedges = {"hedges_per_image": sum(int(np.sum(o["hedged"])) for o in outputs) / len(outputs)} \
+        if all("hedged" in o for o in outputs) else {}
     return {
+        **hedges,
         "boxes_per_image": num_pred / len(outputs),
         "duplicates_per_image": float((overlaps & ~claimed[:, 0]).sum()) / len(outputs),
         "precision50": matched / num_pred if num_pred else 0.0,
