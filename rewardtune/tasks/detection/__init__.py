@@ -77,17 +77,15 @@ def detection_options(config) -> DetectionOptions:
               ("mle_conf", opts.mle_conf in ("right", "self_iou"), "must be one of right, self_iou"),
               ("calibrate_images", opts.calibrate_images >= 1, "must be >= 1"),
               ("calibrate_samples", opts.calibrate_samples >= 0, "must be >= 0")]
+    if opts.hedge_token:  # the conf token is then a hedge decision, not a score
+        checks += [("aux_weight", opts.aux_weight == 0, "must be 0 with task_options.hedge_token (the conf "
+                                                        "token is then a hedge, not a score)"),
+                   ("score", opts.score in ("auto", "token_prob"), "must be token_prob (or auto) with "
+                                                                    "task_options.hedge_token"),
+                   ("mle_conf", opts.mle_conf == "right", "must be right with task_options.hedge_token")]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
-    if opts.hedge_token:
-        for key, ok, why in (("aux_weight", opts.aux_weight == 0, "must be 0 with task_options.hedge_token (the conf "
-                                                                    "token is then a hedge, not a score)"),
-                             ("score", opts.score in ("auto", "token_prob"), "must be token_prob (or auto) with "
-                                                                              "task_options.hedge_token"),
-                             ("mle_conf", opts.mle_conf == "right", "must be right with task_options.hedge_token")):
-            if not ok:
-                raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
     return opts
 
 

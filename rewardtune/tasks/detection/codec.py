@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .headroom import second_class
+from .headroom import hedge_copies
 from .score_head import box_features, learned_scores
 
 BOX_ORDERS = ("random", "canonical")
@@ -157,9 +157,8 @@ class DetectionCodec:
         other than the emitted one, scored by token probability with that class's log-prob swapped in (what
         the headroom's post-hoc `hedge` gives every box). Same conf_pos: the copy's tokens are its box's."""
         rows = lp[torch.as_tensor(np.asarray(out["conf_pos"]) - 1)][:, self.class_token:self.class_token + self.num_classes]
-        second, second_lp, emitted = second_class(rows.double().numpy(), out["classes"])
-        copy = {"classes": second, "score_prob": (out["score_prob"] * np.exp((second_lp - emitted) / 5.0)).astype(np.float32),
-                "hedged": np.ones(len(second), bool)}
+        second, score = hedge_copies(rows.double().numpy(), out["classes"], out["score_prob"])
+        copy = {"classes": second, "score_prob": score.astype(np.float32), "hedged": np.ones(len(second), bool)}
         order, hedges = [], groups[:, 5] == self.wrong_token
         for i in range(len(groups)):  # row i of the box, then row k + i of its copy
             order += [i, len(groups) + i] if hedges[i] else [i]

@@ -60,6 +60,14 @@ def second_class(class_lp: np.ndarray, drawn: np.ndarray) -> tuple[np.ndarray, n
     return second, lp[rows, second], emitted
 
 
+def hedge_copies(class_lp: np.ndarray, drawn: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per box, its hedge: the second class (`second_class`) and the token probability the box would have had
+    with that class token, `prob` (exp of the mean log-prob of its 5 tokens) with the class log-prob swapped in.
+    -> (second int[k], score float64[k])."""
+    second, second_lp, emitted = second_class(class_lp, drawn)
+    return second, np.asarray(prob, np.float64) * np.exp((second_lp - emitted) / 5.0)
+
+
 def hedge(output: dict, step_log_probs: torch.Tensor, class_token: int, num_classes: int) -> dict:
     """A decoded greedy output (ranked by token probability) plus, per box, a copy with its second most
     likely class (the most likely class other than the emitted one, from the distribution the class token
@@ -74,9 +82,8 @@ def hedge(output: dict, step_log_probs: torch.Tensor, class_token: int, num_clas
     own = np.asarray(output.get("hedged", np.zeros(len(classes), bool)), bool)
     todo = ~np.isin(conf_pos, conf_pos[own])
     rows = step_log_probs[torch.as_tensor(conf_pos[todo] - 1)]  # (k', V): the class tokens' rows
-    second, second_lp, emitted = second_class(rows[:, class_token:class_token + num_classes].double().numpy(),
-                                              classes[todo])
-    second_prob = prob[todo] * np.exp((second_lp - emitted) / 5.0)
+    second, second_prob = hedge_copies(rows[:, class_token:class_token + num_classes].double().numpy(), classes[todo],
+                                       prob[todo])
     return {"boxes": np.concatenate([boxes, boxes[todo]]), "classes": np.concatenate([classes, second]),
             "scores": np.concatenate([prob, second_prob]).astype(np.float32)}
 
