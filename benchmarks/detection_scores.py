@@ -1,18 +1,21 @@
 """How well each box score ranks a detection run's boxes: mAP of the same greedy boxes ranked by
-token probability, by the paper's expected IoU, by the learned score (fitted here on the model's own
-boxes of training images, as `task_options.score = "learned"` does before every validation), and by
-the oracle (true IoU), with the fraction of the oracle gap each score closes and each score's Spearman
-correlation with the true IoU.
+token probability, by the paper's expected IoU, by a fitted score (`--score learned`, the default, or
+`verifier`: fitted here on the model's own boxes of training images, as `task_options.score` does
+before every validation), and by the oracle (true IoU), with the fraction of the oracle gap each score
+closes and each score's Spearman correlation with the true IoU.
 
-    .venv/bin/python benchmarks/detection_scores.py MLE_RUN CONTROL_RUN TUNED_RUN [--out DIR]
+    .venv/bin/python benchmarks/detection_scores.py MLE_RUN CONTROL_RUN TUNED_RUN [--score verifier]
+        [--calib-root DATA] [--out DIR]
 
-Each run is read at the checkpoint that stands for it; the learned-score detections are written to
-OUT/<run name>/detections.json and the learned-score mAP is re-read from that file by pycocotools
-(`rewardtune score detection`). Results go to OUT/scores.json.
+Each run is read at the checkpoint that stands for it; the fitted score's detections are written to
+OUT/<run name>/detections.json and its mAP is re-read from that file by pycocotools (`rewardtune score
+detection`). `--calib-root`: fit on the train split of another data root (fresh images of the same world)
+instead of the run's own training images. Results go to OUT/scores.json.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -27,24 +30,31 @@ from rewardtune.model.encdec import build_model  # noqa: E402
 from rewardtune.score import score  # noqa: E402
 from rewardtune.tasks import make_task  # noqa: E402
 
-SCORES = ("token_prob", "expected_iou", "learned")
+FITTED = ("learned", "verifier")
 
 
-def measure(run: str, out_dir: str, images: int, samples: int, seed: int) -> dict:
+def measure(run: str, out_dir: str, images: int, samples: int, seed: int, fitted_score: str = "learned",
+            calib_root: str = "") -> dict:
+    scores = ("token_prob", "expected_iou", fitted_score)
     config = load_config(os.path.join(run, "config.json"))
-    config.task_options = {**config.task_options, "score": "learned", "calibrate_images": images,
+    config.task_options = {**config.task_options, "score": fitted_score, "calibrate_images": images,
                            "calibrate_samples": samples}
     name = checkpoint.standing(run)
     path = checkpoint.find(run, name)
     saved = checkpoint.load(path, optimizer_state=False)
-    state = {k: v for k, v in saved["state"]["task_state"].items() if k != "score_head"}
+    state = {k: v for k, v in saved["state"]["task_state"].items() if k not in ("score_head", "verifier")}
     task = make_task(config, state)
     model = build_model(config.model, config.data.image_size, task.codec)
     checkpoint.load_weights(model, saved["model"], path, config.task, saved["state"].get("task"))
     model.eval()
     splits = task.datasets()
     t0 = time.time()
-    fitted = task.calibrate(model, splits["train"], seed)
+    calib = splits["train"]
+    if calib_root:
+        calib_config = copy.deepcopy(config)
+        calib_config.data.root = calib_root
+        calib = make_task(calib_config, state).datasets()["train"]
+    fitted = task.calibrate(model, calib, seed)
     fit_s = time.time() - t0
     val = splits["val"]
     outputs, targets, ids = predict_split(model, task, val, range(len(val)))
@@ -54,40 +64,45 @@ def measure(run: str, out_dir: str, images: int, samples: int, seed: int) -> dic
     gt = os.path.join(config.data.root, "annotations", "instances_val.json")
     from_file = score("detection", {"pred": os.path.join(out_dir, "detections.json"), "gt": gt})
     gap = metrics["map_by_oracle_iou"] - metrics["map_by_token_prob"]
-    return {"run": run, "checkpoint": name, "fit": fitted, "fit_s": fit_s,
-            "map_learned_from_file": from_file["map"], "ar100": metrics["ar100"],
-            **{f"map_by_{s}": metrics[f"map_by_{s}"] for s in (*SCORES, "oracle_iou")},
-            **{f"spearman_{s}": metrics[f"spearman_{s}"] for s in SCORES},
+    return {"run": run, "checkpoint": name, "score": fitted_score, "fit": fitted, "fit_s": fit_s,
+            "map_fitted_from_file": from_file["map"], "ar100": metrics["ar100"],
+            **{f"map_by_{s}": metrics[f"map_by_{s}"] for s in (*scores, "oracle_iou")},
+            **{f"spearman_{s}": metrics[f"spearman_{s}"] for s in scores},
             **{f"gap_closed_{s}": (metrics[f"map_by_{s}"] - metrics["map_by_token_prob"]) / gap if gap else float("nan")
-               for s in SCORES}}
+               for s in scores}}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default="bench_out/detection_scores")
-    p.add_argument("--images", type=int, default=1024, help="training images the learned score is fitted on")
+    p.add_argument("--score", choices=FITTED, default="learned", help="the fitted score to measure")
+    p.add_argument("--calib-root", default="", help="fit on this data root's train split instead of the run's")
+    p.add_argument("--images", type=int, default=1024, help="training images the fitted score is fitted on")
     p.add_argument("--samples", type=int, default=4, help="samples per image beside the greedy output")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rows = []
     for run in args.runs:
         label = os.path.basename(os.path.normpath(run))
-        rows.append(measure(run, os.path.join(args.out, label), args.images, args.samples, args.seed))
+        rows.append(measure(run, os.path.join(args.out, label), args.images, args.samples, args.seed, args.score,
+                            args.calib_root))
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "scores.json"), "w") as f:
             json.dump(rows, f, indent=1)
-    print(f"\n{'run':<28} {'ckpt':<7} " + " ".join(f"{'mAP ' + s:>17}" for s in (*SCORES, "oracle_iou"))
-          + f" {'AR@100':>7} " + " ".join(f"{'gap closed ' + s:>24}" for s in SCORES[1:]))
+    scores = ("token_prob", "expected_iou", args.score)
+    fit_key = "score_head" if args.score == "learned" else "verifier"
+    print(f"\n{'run':<28} {'ckpt':<7} " + " ".join(f"{'mAP ' + s:>17}" for s in (*scores, "oracle_iou"))
+          + f" {'AR@100':>7} " + " ".join(f"{'gap closed ' + s:>24}" for s in scores[1:]))
     for r in rows:
         print(f"{r['run'][-28:]:<28} {r['checkpoint']:<7} "
-              + " ".join(f"{r[f'map_by_{s}']:17.4f}" for s in (*SCORES, "oracle_iou")) + f" {r['ar100']:7.4f} "
-              + " ".join(f"{r[f'gap_closed_{s}']:24.2f}" for s in SCORES[1:]))
+              + " ".join(f"{r[f'map_by_{s}']:17.4f}" for s in (*scores, "oracle_iou")) + f" {r['ar100']:7.4f} "
+              + " ".join(f"{r[f'gap_closed_{s}']:24.2f}" for s in scores[1:]))
     for r in rows:
-        print(f"{r['run']}: Spearman with true IoU " + ", ".join(f"{s} {r[f'spearman_{s}']:.3f}" for s in SCORES)
-              + f"; learned-score mAP re-read from the written file {r['map_learned_from_file']:.4f}; "
-              f"fit on {int(r['fit']['score_head_boxes'])} boxes in {r['fit_s']:.0f} s "
-              f"(fit Spearman {r['fit'].get('score_head_fit_spearman', float('nan')):.3f})")
+        print(f"{r['run']}: Spearman with true IoU " + ", ".join(f"{s} {r[f'spearman_{s}']:.3f}" for s in scores)
+              + f"; {args.score}-score mAP re-read from the written file {r['map_fitted_from_file']:.4f}; "
+              f"fit on {int(r['fit'].get(f'{fit_key}_boxes', 0))} boxes in {r['fit_s']:.0f} s "
+              f"(fit Spearman {r['fit'].get(f'{fit_key}_fit_spearman', float('nan')):.3f})")
 
 
 if __name__ == "__main__":

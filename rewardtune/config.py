@@ -115,7 +115,10 @@ class TrainConfig:
     # item on, minus the mean of the same over the image's other samples; the end token that of stopping
     # there. Needs the loo baseline, a task with Task.item_tokens and a reward that splits by item
     # (detection's "map").
+    # "local" (a departure, credit.py): for a learned code, each code cell's token gets the advantage of the
+    # reward earned in the cells within credit_radius of it (the reward's REGION_PART; panoptic's "pq").
     credit: str = "sequence"
+    credit_radius: int = 1
     # > 0: each sample also gets the task's proposal (Task.propose; detection: its boxes hedged by their second
     # class), rewarded like a sample; proposals that beat their image's sample mean are imitated with this weight
     # times their advantage (a departure from the paper: steps.py, docs/method.md#detection). 0 = off.
@@ -149,7 +152,7 @@ _CHOICES = {
     "train.stage": ("mle", "reward", "codec"),
     "train.schedule": ("cosine", "constant"),
     "train.baseline": ("loo", "greedy"),
-    "train.credit": ("sequence", "token"),
+    "train.credit": ("sequence", "token", "local"),
     "train.precision": ("fp32", "bf16"),
 }
 _POSITIVE = ("data.image_size", "model.patch_size", "model.width", "model.encoder_depth",
@@ -258,9 +261,11 @@ def validate(config: Config) -> None:
         validate_codec_stage(config)
     if config.train.stage == "reward" and config.train.num_samples < 2:
         raise ConfigError("config key 'train.num_samples': the leave-one-out baseline needs >= 2 samples")
-    if config.train.credit == "token" and config.train.baseline != "loo":
-        raise ConfigError(f"config key 'train.credit': 'token' needs train.baseline 'loo' (its baseline is the "
-                          f"other samples' items), got train.baseline {config.train.baseline!r}")
+    if config.train.credit != "sequence" and config.train.baseline != "loo":
+        raise ConfigError(f"config key 'train.credit': {config.train.credit!r} needs train.baseline 'loo' (its "
+                          f"baseline is the other samples' items), got train.baseline {config.train.baseline!r}")
+    if config.train.credit_radius < 0:
+        raise ConfigError(f"config key 'train.credit_radius': must be >= 0, got {config.train.credit_radius!r}")
 
 
 def validate_codec_stage(config: Config) -> None:

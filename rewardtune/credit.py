@@ -15,6 +15,14 @@ punished, though it added reward): docs/results.md#detection.
 
 The task says which tokens each item owns (Task.item_tokens); the reward says what each item contributed
 (its part Task ITEM_PART). Nothing here knows what an item is.
+
+train.credit = "local" (also a departure) is for outputs whose items are the cells of a grid over the image
+(Task.item_grid: a learned code's grid^2 tokens, each read mostly where it lies). The reward says where in
+the image it was earned (its part REGION_PART); each cell's share is the sum of the regions it covers,
+each cell's advantage its share minus the mean share of the same cell in the image's other samples, and
+a cell's token gets the sum of those advantages over the cells within train.credit_radius of it (a
+(2r+1) x (2r+1) block): radius 0 credits a token with its own cell only, a radius of the grid's side or
+more gives every token the sequence's advantage (the paper's credit).
 """
 from __future__ import annotations
 
@@ -25,14 +33,20 @@ import torch
 
 from .errors import ConfigError
 from .losses import reward_to_go_advantage
-from .tasks.base import ITEM_PART, Task
+from .tasks.base import ITEM_PART, REGION_PART, Task
 
 
 def check_credit(task: Task, train) -> None:
-    """ConfigError, before anything runs, when train.credit = "token" cannot work with this task."""
-    if train.stage == "reward" and train.credit == "token" and task.item_tokens is None:
-        raise ConfigError(f"config key 'train.credit': 'token' needs a task that maps each output's items to "
-                          f"its tokens (Task.item_tokens); task '{task.name}' has none (use 'sequence')")
+    """ConfigError, before anything runs, when train.credit = "token" or "local" cannot work with this task."""
+    if train.stage != "reward" or train.credit == "sequence":
+        return
+    if task.item_tokens is None:
+        raise ConfigError(f"config key 'train.credit': {train.credit!r} needs a task that maps each output's items "
+                          f"to its tokens (Task.item_tokens); task '{task.name}' has none (use 'sequence')")
+    if train.credit == "local" and not task.item_grid:
+        raise ConfigError(f"config key 'train.credit': 'local' needs outputs whose items are the cells of a grid "
+                          f"(Task.item_grid: the learned code, task_options.codec = learned); task '{task.name}' "
+                          "has none (use 'sequence')")
 
 
 def item_contributions(parts: dict, outputs: Sequence[Any], reward_name: str) -> torch.Tensor:
@@ -79,3 +93,36 @@ def token_advantages(task: Task, outputs: Sequence[Any], parts: dict, n: int, le
     valid = torch.arange(k)[None] < counts[:, None]  # (B*N, K)
     position_adv = reward_to_go_advantage(contributions.view(b, n, k), valid.view(b, n, k)).view(b * n, k + 1)
     return spread_over_tokens(spans, position_adv, lengths, T)
+
+
+def cell_shares(parts: dict, outputs: Sequence[Any], grid: int, reward_name: str) -> torch.Tensor:
+    """The reward's REGION_PART pooled into the grid's cells: FloatTensor[S, grid, grid] (region (i, j) of R x R
+    goes to cell (i * grid // R, j * grid // R)); ConfigError naming the reward when it has no such part."""
+    if not parts or REGION_PART not in parts:
+        raise ConfigError(f"config key 'train.credit': 'local' needs a reward that says where in the image it was "
+                          f"earned (part '{REGION_PART}'); reward '{reward_name or 'default'}' does not (use 'sequence')")
+    regions = torch.as_tensor(parts[REGION_PART], dtype=torch.float32)
+    if regions.dim() != 3 or regions.shape[0] != len(outputs) or regions.shape[1] != regions.shape[2]:
+        raise ValueError(f"reward part '{REGION_PART}': expected [{len(outputs)}, R, R], got {tuple(regions.shape)}")
+    r = regions.shape[1]
+    cell = torch.arange(r) * grid // r  # (R,) the cell row (column) of each region row (column)
+    index = (cell[:, None] * grid + cell[None, :]).reshape(-1)
+    out = torch.zeros(len(outputs), grid * grid).index_add_(1, index, regions.reshape(len(outputs), -1))
+    return out.view(len(outputs), grid, grid)
+
+
+def local_advantages(task: Task, outputs: Sequence[Any], parts: dict, n: int, lengths: torch.Tensor, T: int,
+                     radius: int, reward_name: str = "") -> torch.Tensor:
+    """FloatTensor[B*N, T] of per-token advantages for train.credit = "local" (the module's docstring)."""
+    g = task.item_grid
+    shares = cell_shares(parts, outputs, g, reward_name)  # (B*N, g, g)
+    if n < 2:
+        raise ValueError("local credit needs >= 2 samples per input (a leave-one-out baseline)")
+    b = len(outputs) // n
+    per_image = shares.view(b, n, g, g)
+    cell_adv = per_image - (per_image.sum(1, keepdim=True) - per_image) / (n - 1)
+    r = min(int(radius), g)
+    block = torch.ones(1, 1, 2 * r + 1, 2 * r + 1)
+    summed = torch.nn.functional.conv2d(cell_adv.reshape(b * n, 1, g, g), block, padding=r).view(b * n, g * g)
+    position_adv = torch.cat([summed, torch.zeros(b * n, 1)], 1)  # after the last cell (the end token): 0
+    return spread_over_tokens([task.item_tokens(o) for o in outputs], position_adv, lengths, T)

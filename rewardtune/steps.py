@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from . import distributed
-from .credit import token_advantages
+from .credit import local_advantages, token_advantages
 from .losses import (kl_mask, kl_to_reference, leave_one_out_advantage, mle_loss, reinforce_loss,
                      token_reinforce_loss)
 from .model.encdec import EncoderDecoder, Generation, sequence_log_probs
 from .model.vq import code_stats
 from .proposals import Proposals, departing_log_probs, make_proposals, proposal_logs, proposal_loss
-from .tasks.base import ITEM_PART, Task, decode_all, encode_all, pad_sequences, reads_log_probs
+from .tasks.base import Task, decode_all, encode_all, pad_sequences, reads_log_probs
 
 
 @dataclass
@@ -211,8 +211,12 @@ def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
             step_lp = ctx.model(images, tokens, n)  # (B*N, T, V), float32
     else:  # one forward for samples and proposals (one graph for DDP): per image its N samples, then its N proposals
         step_lp, prop_lp, prop_tokens = forward_with_proposals(ctx, images, tokens, d.proposals.tokens)
-    if cfg.credit == "token":
-        per_token = token_advantages(task, d.outputs, d.parts, n, lengths, tokens.shape[1], cfg.reward)
+    if cfg.credit != "sequence":
+        if cfg.credit == "local":
+            per_token = local_advantages(task, d.outputs, d.parts, n, lengths, tokens.shape[1], cfg.credit_radius,
+                                         cfg.reward)
+        else:
+            per_token = token_advantages(task, d.outputs, d.parts, n, lengths, tokens.shape[1], cfg.reward)
         loss = token_reinforce_loss(step_lp, tokens, lengths, per_token.to(step_lp.device)) * share
     else:
         seq_lp = sequence_log_probs(step_lp, tokens, lengths)
@@ -263,10 +267,10 @@ def reward_logs(task: Task, drawn: Sequence[Drawn]) -> dict:
     for name in drawn[0].times:  # the step's seconds in each part, over its micro-batches
         logs[name] = float(sum(d.times[name] for d in drawn))
     for name in drawn[0].parts:
-        if name == ITEM_PART:  # per item, not per sample
+        values = [torch.as_tensor(d.parts[name], dtype=torch.float32) for d in drawn]
+        if any(v.dim() > 1 for v in values):  # per item or per region (ITEM_PART, REGION_PART), not per sample
             continue
-        values = [torch.as_tensor(d.parts[name], dtype=torch.float32).reshape(-1) for d in drawn]
-        logs[f"reward_{name}"] = float(torch.cat(values).mean())
+        logs[f"reward_{name}"] = float(torch.cat([v.reshape(-1) for v in values]).mean())
     if task.sample_stats is not None:
         logs.update({k: float(v) for k, v in task.sample_stats([o for d in drawn for o in d.outputs],
                                                                  [t for d in drawn for t in d.repeated]).items()})

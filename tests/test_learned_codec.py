@@ -191,7 +191,8 @@ def test_the_run_folder_carries_the_stage_one_weights_and_decodes_alone(learned_
         summary = analyze_run(tuned, init_dir=mle, samples=4, images=4, out_dir=str(tmp_path / "analysis"))
     finally:
         shutil.move(moved, code_run)
-    assert set(summary["codec_ceiling"]["rewards"]) == set(summary["grid_codec_ceiling"]["rewards"]) == {"accuracy"}
+    assert set(summary["codec_ceiling"]["rewards"]) == set(summary["grid_codec_ceiling"]["rewards"]) == {"accuracy",
+                                                                                                 "regions"}
     assert summary["grid_codec_ceiling"]["rewards"]["accuracy"] == 1.0  # the toy's grid code is lossless
     images, targets, _ = split.batch(range(4))
     codes = [task.codec.encode(t).tolist() for t in targets]

@@ -93,7 +93,7 @@ def test_task_loads_coco_layout_and_fills_the_contract(data_root):
     picture = task.visualize(val.rgb(0), task.codec.decode(tokens), ex.target)
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[0] >= 256
     reward, parts = task.rewards["pq"]([task.codec.decode(tokens)], [ex.target])
-    assert reward.shape == (1,) and 0 < float(reward[0]) <= 1 and set(parts) == {"sq", "rq"}
+    assert reward.shape == (1,) and 0 < float(reward[0]) <= 1 and set(parts) == {"sq", "rq", "per_region"}
 
 
 def test_written_predictions_score_as_the_in_memory_metric(data_root, tmp_path):

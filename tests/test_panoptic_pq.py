@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from rewardtune.tasks.base import REGION_PART
 from rewardtune.tasks.panoptic.pq import pq_batch, pq_image, pq_reward, pq_stats
 
 
@@ -144,4 +145,5 @@ def test_batch_equals_one_by_one_and_reward_is_a_tensor():
     reward, parts = pq_reward(preds, gts)
     assert reward.dtype == torch.float32 and reward.shape == (4,)
     assert torch.allclose(reward, torch.tensor(pq, dtype=torch.float32))
-    assert set(parts) == {"sq", "rq"} and parts["rq"].shape == (4,)
+    assert set(parts) == {"sq", "rq", REGION_PART} and parts["rq"].shape == (4,)
+    assert torch.allclose(parts[REGION_PART].sum((1, 2)), reward, atol=1e-5)  # where the PQ was earned

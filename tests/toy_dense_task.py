@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import toy_task
-from rewardtune.tasks.base import DenseTarget
+from rewardtune.tasks.base import REGION_PART, DenseTarget
 from rewardtune.tasks.learned_codec import with_codec
 
 
@@ -24,11 +24,21 @@ def loss(prediction, targets):
     return value, {"mse": float(value)}
 
 
+def regions_reward(outputs, targets):
+    """A reward that says where it was earned (REGION_PART, for train.credit = "local"): 0.7 for the right count,
+    earned in the top-left quarter, and 0.3 * closeness spread over the three other quarters."""
+    right = torch.tensor([float(o == t) for o, t in zip(outputs, targets)])
+    close = torch.tensor([1.0 - abs(o - t) / 3.0 for o, t in zip(outputs, targets)])
+    regions = torch.stack([0.7 * right, 0.1 * close, 0.1 * close, 0.1 * close], 1).view(-1, 2, 2)
+    return 0.7 * right + 0.3 * close, {REGION_PART: regions}
+
+
 DENSE = DenseTarget(in_channels=1, out_channels=1, to_input=to_input, loss=loss, to_outputs=to_outputs)
 
 
 def make_task(config, state=None):
     task = toy_task.make_task(config, state)
     task.name, task.dense = "toy_dense_task", DENSE
+    task.rewards = {**task.rewards, "regions": regions_reward}
     options = config.task_options or {}
     return with_codec(task, config, options.get("codec", "grid"), options.get("code_run", ""), state)

@@ -63,6 +63,13 @@ RewardFn = Callable[[Sequence[Any], Sequence[Any]], "tuple[torch.Tensor, dict[st
 # contributions sum to its reward), 0 past its items. Rewards that do not split by item leave it out.
 ITEM_PART = "per_item"
 
+# The reward part that says where in the image a dense task's reward was earned, read by the learned code
+# (learned_codec.py) to credit each code cell with its region: FloatTensor[S, REGIONS, REGIONS], the image cut
+# into equal regions (pixel (y, x) of an H x W image in region (y * REGIONS // H, x * REGIONS // W)), an
+# output's regions summing to its reward. Panoptic's PQ reward gives it.
+REGION_PART = "per_region"
+REGIONS = 32
+
 
 
 # Metrics over a split: (outputs, targets, ids) -> {name: float}, as the field's reference tool.
@@ -129,6 +136,9 @@ class Task:
     # Optional, for train.credit = "token": output -> int64[k, 2], the [start, stop) token positions of each of
     # its k items, in the order of the reward's ITEM_PART. Detection: each box's six tokens.
     item_tokens: Optional[Callable[[Any], np.ndarray]] = None
+    # For train.credit = "local": > 0 when every output's items (item_tokens) are the cells of an item_grid x
+    # item_grid grid over the image, in raster order (the learned code's tokens; credit.py).
+    item_grid: int = 0
     # Optional, for train.proposal_weight > 0: (a sample's tokens up to its end token, its step_log_probs
     # FloatTensor[T, V]) -> a token list ending with the end token that the sampler would rarely draw but the
     # reward may pay for, or None. The loop rewards each proposal and imitates those that beat their image's

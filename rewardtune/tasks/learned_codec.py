@@ -284,4 +284,7 @@ def with_codec(task: Task, config, codec: str, code_run: str, state: Optional[di
         return splits
 
     task.codec, task.datasets = learned, prepared
+    grid = model.grid  # train.credit = "local": the code's cells, one token each, in raster order
+    cells = np.stack([np.arange(grid * grid), np.arange(1, grid * grid + 1)], 1).astype(np.int64)
+    task.item_tokens, task.item_grid = (lambda output: cells), grid
     return task

@@ -5,12 +5,14 @@
     aux.py      the IoU-confidence loss on sampled boxes
     headroom.py the headroom before tuning (`rewardtune analyze`): oracle ranking, pooled samples, hedging
     score_head.py  the learned box score (task_options.score = "learned"), fitted on the model's own boxes
+    verifier.py the box verifier score (task_options.score = "verifier"): a small CNN on each box's crop
     metrics.py  pycocotools COCOeval metrics; COCO results files
     data.py     COCO instances loader with validation
     viz.py      boxes drawn on an image
 
 Task state (saved with checkpoints): {"categories": [{"id", "name"}, ...] sorted by id,
-"class_counts": non-crowd training instances per category}; built from the train file when absent.
+"class_counts": non-crowd training instances per category}; built from the train file when absent; and the
+fitted "score_head" or "verifier" once calibrated.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from .data import annotated_splits, check_instances, load_split, read_instances,
 from .metrics import coco_metrics, eval_ground_truth, score_files, to_coco_results
 from .rewards import class_weights, detection_stats, iou_conf_targets, map_reward, recall_reward
 from .score_head import calibrate, spearman
+from .verifier import calibrate as calibrate_verifier
 from .viz import visualize
 
 __all__ = ["DetectionOptions", "DetectionCodec", "make_task", "score_files"]
@@ -51,8 +54,9 @@ class DetectionOptions:
     bins: int = 64  # coordinate bins (the paper: 1000 on 640 px images)
     max_boxes: int = 12
     box_order: str = "random"  # "random" (the paper) | "canonical" (ymin, then xmin)
-    score: str = "auto"  # "auto" | "expected_iou" | "token_prob" | "learned" (see resolve_score, score_head.py)
-    # the learned score is refitted before every validation on the greedy output and this many samples
+    # "auto" | "expected_iou" | "token_prob" | "learned" | "verifier" (see resolve_score, score_head.py, verifier.py)
+    score: str = "auto"
+    # the learned score (and the verifier) is refitted before every validation on the greedy output and this many samples
     # of the first calibrate_images training images (faint world, tuned model: 256 x 2 -> mAP 0.319,
     # 1024 x 4 -> 0.332; docs/results.md#detection)
     calibrate_images: int = 1024
@@ -80,8 +84,8 @@ def detection_options(config) -> DetectionOptions:
     if opts.hedge_token:  # the conf token is then a hedge decision, not a score
         checks += [("aux_weight", opts.aux_weight == 0, "must be 0 with task_options.hedge_token (the conf "
                                                         "token is then a hedge, not a score)"),
-                   ("score", opts.score in ("auto", "token_prob"), "must be token_prob (or auto) with "
-                                                                    "task_options.hedge_token"),
+                   ("score", opts.score in ("auto", "token_prob", "verifier"), "must be token_prob (or auto) or "
+                                                                                "verifier with task_options.hedge_token"),
                    ("mle_conf", opts.mle_conf == "right", "must be right with task_options.hedge_token")]
     for key, ok, why in checks:
         if not ok:
@@ -147,8 +151,9 @@ def _metrics(outputs: Sequence[dict], targets: Sequence[dict], ids: Sequence[Any
         oracle = iou_conf_targets(outputs, targets)
         rankings = {"expected_iou": [o["score_iou"] for o in outputs],
                     "token_prob": [o["score_prob"] for o in outputs]}
-        if all("score_learned" in o for o in outputs):
-            rankings["learned"] = [o["score_learned"] for o in outputs]
+        for name in ("learned", "verifier"):
+            if all(f"score_{name}" in o for o in outputs):
+                rankings[name] = [o[f"score_{name}"] for o in outputs]
         truth = np.concatenate(oracle) if oracle else np.zeros(0)
         for name, scores in rankings.items():
             rho = spearman(np.concatenate(scores), truth) if len(truth) else float("nan")
@@ -185,9 +190,11 @@ def box_tokens(output: dict) -> np.ndarray:
 
 
 def _calibrate(model, split, seed: int, codec, state: dict, opts: DetectionOptions) -> dict:
-    """Refit the learned score on the model's own boxes of training images (score_head.calibrate)."""
-    return calibrate(model, split, codec, state, iou_conf_targets, images=opts.calibrate_images,
-                     samples=opts.calibrate_samples, seed=seed)
+    """Refit the learned score or the verifier on the model's own boxes of training images (score_head.calibrate,
+    verifier.calibrate)."""
+    fit = calibrate_verifier if codec.score == "verifier" else calibrate
+    return fit(model, split, codec, state, iou_conf_targets, images=opts.calibrate_images,
+               samples=opts.calibrate_samples, seed=seed)
 
 
 def make_task(config, state: Optional[dict] = None) -> Task:
@@ -199,7 +206,8 @@ def make_task(config, state: Optional[dict] = None) -> Task:
     state = _check_state(state)
     categories = state["categories"]
     codec = DetectionCodec(len(categories), opts.bins, opts.max_boxes, opts.box_order, resolve_score(opts, config),
-                           score_head=state.get("score_head"), hedge_token=opts.hedge_token)
+                           score_head=state.get("score_head"), hedge_token=opts.hedge_token,
+                           verifier=state.get("verifier"))
     weights = class_weights(state["class_counts"])
     splits = _Splits(config, state)
     aux = None
@@ -220,7 +228,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         propose=partial(hedge_token_proposal if opts.hedge_token else hedge_proposal, codec),
         headroom=partial(headroom, codec=codec, metrics=partial(_metrics, categories=categories)),
         calibrate=(partial(_calibrate, codec=codec, state=state, opts=opts)
-                   if codec.score == "learned" else None),
+                   if codec.score in ("learned", "verifier") else None),
         target_for_image=target_for_image,
         sample_stats=detection_stats,
         state=state,

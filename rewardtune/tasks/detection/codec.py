@@ -28,16 +28,18 @@ import torch
 
 from .headroom import hedge_copies
 from .score_head import box_features, learned_scores
+from .verifier import from_state, verifier_scores
 
 BOX_ORDERS = ("random", "canonical")
-SCORES = ("expected_iou", "token_prob", "learned")
+SCORES = ("expected_iou", "token_prob", "learned", "verifier")
 
 
 class DetectionCodec:
     """Encodes detection targets as token sequences and decodes any token sequence into boxes."""
 
     def __init__(self, num_classes: int, bins: int = 64, max_boxes: int = 12, box_order: str = "random",
-                 score: str = "token_prob", score_head: Optional[dict] = None, hedge_token: bool = False):
+                 score: str = "token_prob", score_head: Optional[dict] = None, hedge_token: bool = False,
+                 verifier: Optional[dict] = None):
         if num_classes < 1 or bins < 2 or max_boxes < 1:
             raise ValueError(f"DetectionCodec: need num_classes >= 1, bins >= 2, max_boxes >= 1, got "
                              f"{num_classes}, {bins}, {max_boxes}")
@@ -45,12 +47,13 @@ class DetectionCodec:
             raise ValueError(f"DetectionCodec: box_order {box_order!r} / score {score!r} not in "
                              f"{BOX_ORDERS} / {SCORES}")
         self.num_classes, self.bins, self.max_boxes = num_classes, bins, max_boxes
-        if hedge_token and score != "token_prob":
-            raise ValueError(f"DetectionCodec: hedge_token needs score 'token_prob', got {score!r}")
+        if hedge_token and score not in ("token_prob", "verifier"):
+            raise ValueError(f"DetectionCodec: hedge_token needs score 'token_prob' or 'verifier', got {score!r}")
         self.box_order, self.score = box_order, score
         self.hedge_token = hedge_token
         self.reads_step_log_probs = hedge_token  # a hedge's second class comes from the class token's distribution
         self.score_head = score_head  # the fitted learned score (score_head.py), None until calibrated
+        self.verifier = from_state(verifier)  # the fitted box verifier (verifier.py), None until calibrated
         self.class_token = bins  # first class token
         self.no_object_token = bins + num_classes
         self.wrong_token = bins + num_classes + 1
@@ -122,7 +125,9 @@ class DetectionCodec:
         expected IoU = p(right) / (p(wrong) + p(right)) at the conf token; token probability =
         exp(mean log-prob of the 5 coordinate/class tokens) (a box repeating an earlier box's coordinates: see
         `_score_repeats`); both 1 without `step_log_probs`; the
-        learned score (score_head.py) of the fitted head, token probability until one is fitted.
+        learned score (score_head.py) of the fitted head, token probability until one is fitted; the verifier
+        score (verifier.py, "score_verifier") of the fitted net on the boxes' crops of `image` (FloatTensor[3, S, S],
+        what the model saw), token probability until one is fitted or without the image.
         `scores` holds the one named by the codec's `score`. With `hedge_token` and `step_log_probs`, each box
         whose conf token is "wrong" is followed by its copy with the second most likely class (`_add_hedges`);
         "hedged" (bool[k']) marks the copies.
@@ -150,6 +155,8 @@ class DetectionCodec:
             out["hedged"] = np.zeros(len(groups), bool)
             if step_log_probs is not None and self.num_classes > 1 and (groups[:, 5] == self.wrong_token).any():
                 out = self._add_hedges(out, groups, step_log_probs.detach().float().cpu())
+        if self.score == "verifier" and self.verifier is not None and image is not None:  # hedge copies included
+            out["scores"] = out["score_verifier"] = verifier_scores(self.verifier, image, out["boxes"], out["classes"])
         return out
 
     def _add_hedges(self, out: dict, groups: np.ndarray, lp: torch.Tensor) -> dict:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..base import REGION_PART, REGIONS
 from .maps import VOID, resize_nearest
 
 
@@ -106,14 +107,28 @@ def _joint_histogram(pt: Sequence[_Table], gt: Sequence[_Table], p: int, g: int)
     return np.bincount(codes, minlength=n * p * g).reshape(n, p, g).astype(np.float64)
 
 
+@dataclass
+class _Matching:
+    """pq_stats' counts and what produced them, for the per-region credit (`pq_region_credit`)."""
+
+    stats: PQStats
+    gt_tables: list  # (N,) _Table of each image's ground truth
+    gt_iou: np.ndarray  # (N, G) the IoU of the prediction each gt column matches, 0 where none
+    gt_cat: np.ndarray  # (N, G) index into stats.categories of each gt column (clipped)
+
+
 def pq_stats(preds: Sequence[dict], gts: Sequence[dict]) -> PQStats:
     """Per-image, per-category tp / fp / fn / IoU sums of `preds[i]` against `gts[i]`."""
+    return _match(preds, gts).stats
+
+
+def _match(preds: Sequence[dict], gts: Sequence[dict]) -> _Matching:
     if len(preds) != len(gts):
         raise ValueError(f"pq_stats: {len(preds)} predictions for {len(gts)} ground truths")
     n = len(preds)
     if n == 0:
         z = np.zeros((0, 0), np.int64)
-        return PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64))
+        return _Matching(PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64)), [], z.astype(np.float64), z)
     pt, gt = _tables(preds, gts)
     p, g = max(len(t.is_seg) for t in pt), max(len(t.is_seg) for t in gt)
     inter = _joint_histogram(pt, gt, p, g)  # (N, P, G)
@@ -139,18 +154,54 @@ def pq_stats(preds: Sequence[dict], gts: Sequence[dict]) -> PQStats:
 
     cats = np.unique(np.concatenate([p_cat[p_seg], g_cat[g_seg]]))
     c = len(cats)
-    rows_g = np.arange(n)[:, None] * c + np.searchsorted(cats, g_cat).clip(0, max(c - 1, 0))
+    cat_g = np.searchsorted(cats, g_cat).clip(0, max(c - 1, 0))
+    rows_g = np.arange(n)[:, None] * c + cat_g
     rows_p = np.arange(n)[:, None] * c + np.searchsorted(cats, p_cat).clip(0, max(c - 1, 0))
 
     def count(rows: np.ndarray, mask: np.ndarray, weights=None) -> np.ndarray:
         w = None if weights is None else weights[mask]
         return np.bincount(rows[mask], weights=w, minlength=n * c).reshape(n, c)
 
+    gt_iou = (iou * match).sum(1)  # (N, G): at most one prediction matches a gt segment
     tp = count(rows_g, gt_matched).astype(np.int64)
-    iou_sum = count(rows_g, gt_matched, (iou * match).sum(1))
+    iou_sum = count(rows_g, gt_matched, gt_iou)
     fn = count(rows_g, fn_mask).astype(np.int64)
     fp = count(rows_p, fp_mask).astype(np.int64)
-    return PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum)
+    return _Matching(PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum), gt, gt_iou, cat_g)
+
+
+def pq_region_credit(preds: Sequence[dict], gts: Sequence[dict], regions: int) -> np.ndarray:
+    """Where each image's PQ (pq_batch) was earned: float64 [N, regions, regions], the image cut into equal
+    regions (pixel (y, x) of an H x W map in region (y * regions // H, x * regions // W)); each image's
+    regions sum to its PQ.
+
+    Per-image PQ is a sum over matched gt segments of IoU / (tp + fp/2 + fn/2 of its category) / (the
+    categories present); each term is spread evenly over its gt segment's pixels. A missed or wrongly
+    split segment earns its pixels nothing; false positives lower the terms of their category. An image
+    where nothing counts (PQ 1) spreads its 1 evenly.
+    """
+    m = _match(preds, gts)
+    s = m.stats
+    n = len(preds)
+    out = np.zeros((n, regions, regions))
+    if n == 0:
+        return out
+    tp, fp, fn = (np.asarray(x, np.float64) for x in (s.tp, s.fp, s.fn))
+    present = (tp + fp + fn) > 0
+    denom = np.where(present, tp + 0.5 * fp + 0.5 * fn, 1.0)  # (N, C)
+    counted = present.sum(1)  # (N,)
+    for i, table in enumerate(m.gt_tables):
+        h, w = np.asarray(gts[i]["map"]).shape
+        cell = ((np.arange(h) * regions // h)[:, None] * regions + (np.arange(w) * regions // w)[None, :]).reshape(-1)
+        if counted[i] == 0:
+            out[i] = np.bincount(cell, minlength=regions * regions).reshape(regions, regions) / (h * w)
+            continue
+        k = len(table.is_seg)
+        pixels = np.bincount(table.cols, minlength=k).astype(np.float64)
+        term = m.gt_iou[i, :k] / denom[i, m.gt_cat[i, :k]] / counted[i]  # 0 for unmatched columns
+        per_pixel = np.divide(term, pixels, out=np.zeros(k), where=pixels > 0)[table.cols]
+        out[i] = np.bincount(cell, weights=per_pixel, minlength=regions * regions).reshape(regions, regions)
+    return out
 
 
 def average_pq(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, iou: np.ndarray,
@@ -189,7 +240,9 @@ def pq_image(pred: dict, gt: dict) -> tuple[float, float, float]:
 
 
 def pq_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
-    """The paper's panoptic reward: per-image PQ, FloatTensor[N]; parts {"sq", "rq"} FloatTensor[N]."""
+    """The paper's panoptic reward: per-image PQ, FloatTensor[N]; parts {"sq", "rq"} FloatTensor[N] and
+    where the PQ was earned, REGION_PART FloatTensor[N, REGIONS, REGIONS] (`pq_region_credit`)."""
     pq, sq, rq = pq_batch(outputs, targets)
     as_tensor = lambda x: torch.from_numpy(x.astype(np.float32))  # noqa: E731
-    return as_tensor(pq), {"sq": as_tensor(sq), "rq": as_tensor(rq)}
+    return as_tensor(pq), {"sq": as_tensor(sq), "rq": as_tensor(rq),
+                           REGION_PART: as_tensor(pq_region_credit(outputs, targets, REGIONS))}
