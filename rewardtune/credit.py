@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .losses import reward_to_go_advantage
+from .losses import leave_one_out_advantage, reward_to_go_advantage
 from .tasks.base import ITEM_PART, REGION_PART, Task
 
 
@@ -119,8 +119,8 @@ def local_advantages(task: Task, outputs: Sequence[Any], parts: dict, n: int, le
     if n < 2:
         raise ValueError("local credit needs >= 2 samples per input (a leave-one-out baseline)")
     b = len(outputs) // n
-    per_image = shares.view(b, n, g, g)
-    cell_adv = per_image - (per_image.sum(1, keepdim=True) - per_image) / (n - 1)
+    per_cell = shares.view(b, n, g * g).transpose(1, 2)  # (B, cells, N): each cell against the other samples'
+    cell_adv = leave_one_out_advantage(per_cell).transpose(1, 2)  # (B, N, cells)
     r = min(int(radius), g)
     block = torch.ones(1, 1, 2 * r + 1, 2 * r + 1)
     summed = torch.nn.functional.conv2d(cell_adv.reshape(b * n, 1, g, g), block, padding=r).view(b * n, g * g)

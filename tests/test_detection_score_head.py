@@ -16,6 +16,7 @@ from rewardtune.recipes import recipe_dict
 from rewardtune.tasks.detection import DetectionCodec, _metrics
 from rewardtune.tasks.detection.rewards import iou_conf_targets
 from rewardtune.tasks.detection.score_head import FEATURES, apply_head, box_features, fit_head, spearman
+from rewardtune.tasks.detection.verifier import CROP, VerifierNet
 from rewardtune.train import train
 
 CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
@@ -128,23 +129,28 @@ TINY = ["data.image_size=32", "model.width=32", "model.encoder_depth=1", "model.
         'task_options={"bins": 32, "max_boxes": 6, "score": "learned", "calibrate_images": 16, "calibrate_samples": 2}']
 
 
-def test_a_run_saves_its_learned_score_and_eval_and_score_use_it(tmp_path, capsys):
+@pytest.mark.parametrize("score, state_key", [("learned", "score_head"), ("verifier", "verifier")])
+def test_a_run_saves_its_fitted_score_and_eval_and_score_use_it(tmp_path, capsys, score, state_key):
     root = str(tmp_path / "data")
     generate_shapes(root, num_train=16, num_val=8, num_test=2, image_size=32, seed=2, level="faint")
     run = str(tmp_path / "run")
-    cfg = from_dict(apply_overrides(recipe_dict("detection_demo_mle"), [f"data.root={json.dumps(root)}", *TINY]))
+    tiny = [o.replace('"score": "learned"', f'"score": "{score}"') for o in TINY]
+    cfg = from_dict(apply_overrides(recipe_dict("detection_demo_mle"), [f"data.root={json.dumps(root)}", *tiny]))
     metrics = train(cfg, run)
     with open(os.path.join(run, "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f]
-    assert any(r.get("calibrate/score_head_boxes", 0) > 0 for r in logged)
-    assert "map_by_learned" in metrics
-    head = checkpoint.load(checkpoint.find(run), optimizer_state=False)["state"]["task_state"]["score_head"]
-    assert head["features"] == list(FEATURES)
-    # eval with the saved head: the written scores are the head's scores, and `score` reads the same mAP
+    assert any(r.get(f"calibrate/{state_key}_boxes", 0) > 0 for r in logged)
+    assert f"map_by_{score}" in metrics and "map_by_oracle_iou" in metrics
+    saved = checkpoint.load(checkpoint.find(run), optimizer_state=False)["state"]["task_state"][state_key]
+    if score == "learned":
+        assert saved["features"] == list(FEATURES)
+    else:
+        assert saved["crop"] == CROP and set(saved["weights"]) == set(VerifierNet(2).state_dict())
+    # eval with the saved score: the written scores are its scores, and `score` reads the same mAP
     assert main(["eval", run]) == 0
     with open(os.path.join(run, "eval", "val", "metrics.json")) as f:
         evaluated = json.load(f)
-    assert evaluated["map"] == pytest.approx(evaluated["map_by_learned"])
+    assert evaluated["map"] == pytest.approx(evaluated[f"map_by_{score}"])
     capsys.readouterr()
     assert main(["score", "detection", "--pred", f"{run}/eval/val/detections.json",
                  "--gt", f"{root}/annotations/instances_val.json"]) == 0

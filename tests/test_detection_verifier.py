@@ -1,23 +1,14 @@
-"""The box verifier score (task_options.score = "verifier", tasks/detection/verifier.py): crops, fit, state,
-the codec's scores, and a run that saves it for `eval` and `score`."""
+"""The box verifier score (task_options.score = "verifier", tasks/detection/verifier.py): crops, fit, state and
+the codec's scores (a run that saves it for `eval` and `score`: test_detection_score_head.py)."""
 import json
-import os
 
 import numpy as np
-import pytest
 import torch
 
-from rewardtune import checkpoint
-from rewardtune.cli import main
-from rewardtune.config import apply_overrides, from_dict
-from rewardtune.data.shapes import generate_shapes
-from rewardtune.recipes import recipe_dict
 from rewardtune.tasks.detection import DetectionCodec
 from rewardtune.tasks.detection.score_head import spearman
 from rewardtune.tasks.detection.verifier import (CONTEXT, CROP, VerifierNet, box_crops, fit_verifier, from_state,
                                                   to_state, verifier_scores)
-from rewardtune.train import train
-from test_detection_score_head import TINY
 
 
 def test_a_crop_shows_its_box_in_the_middle_with_context_around():
@@ -65,26 +56,3 @@ def test_the_state_round_trips_through_json_and_the_codec_scores_with_it():
     assert np.array_equal(out["scores"], out["score_verifier"])
     no_image = codec.decode(tokens, lp)  # without the image: token probability, and no verifier score claimed
     assert np.array_equal(no_image["scores"], no_image["score_prob"]) and "score_verifier" not in no_image
-
-
-def test_a_run_saves_its_verifier_and_eval_and_score_use_it(tmp_path, capsys):
-    root = str(tmp_path / "data")
-    generate_shapes(root, num_train=16, num_val=8, num_test=2, image_size=32, seed=2, level="faint")
-    run = str(tmp_path / "run")
-    tiny = [o.replace('"score": "learned"', '"score": "verifier"') for o in TINY]
-    cfg = from_dict(apply_overrides(recipe_dict("detection_demo_mle"), [f"data.root={json.dumps(root)}", *tiny]))
-    metrics = train(cfg, run)
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        logged = [json.loads(line) for line in f]
-    assert any(r.get("calibrate/verifier_boxes", 0) > 0 for r in logged)
-    assert "map_by_verifier" in metrics and "map_by_oracle_iou" in metrics
-    saved = checkpoint.load(checkpoint.find(run), optimizer_state=False)["state"]["task_state"]["verifier"]
-    assert saved["crop"] == CROP and set(saved["weights"]) == set(VerifierNet(2).state_dict())
-    assert main(["eval", run]) == 0
-    with open(os.path.join(run, "eval", "val", "metrics.json")) as f:
-        evaluated = json.load(f)
-    assert evaluated["map"] == pytest.approx(evaluated["map_by_verifier"])
-    capsys.readouterr()
-    assert main(["score", "detection", "--pred", f"{run}/eval/val/detections.json",
-                 "--gt", f"{root}/annotations/instances_val.json"]) == 0
-    assert json.loads(capsys.readouterr().out)["map"] == pytest.approx(evaluated["map"], abs=1e-9)

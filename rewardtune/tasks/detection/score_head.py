@@ -15,7 +15,7 @@ and `eval`, `predict` and `score` (which reads the written detections) rank with
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -148,13 +148,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 @torch.no_grad()
-def collect(model, split, codec, indices: Sequence[int], samples: int, seed: int,
-            batch_size: int = 64) -> tuple[list, list]:
-    """The model's greedy output and `samples` samples (temperature 1) of each image split[indices],
-    decoded with features -> (outputs, targets), one target per output. Sampling uses its own
-    generators (seeded by `seed` and the image's index), never the global RNG."""
+def generated(model, split, codec, indices: Sequence[int], samples: int, seed: int,
+              batch_size: int = 64) -> Iterator[tuple[torch.Tensor, int, list, list]]:
+    """The model's greedy output and `samples` samples (temperature 1) of each image split[indices], decoded
+    with their step log-probs: per batch and kind, (images, n outputs per image, outputs, one target per
+    output). Sampling uses its own generators (seeded by `seed` and the image's index), never the global RNG."""
     device = next(model.parameters()).device
-    outputs, targets = [], []
     with eval_mode(model):
         for start in range(0, len(indices), batch_size):
             chunk = list(indices[start:start + batch_size])
@@ -165,8 +164,16 @@ def collect(model, split, codec, indices: Sequence[int], samples: int, seed: int
                 runs.append(model.generate(images, samples, generator=[image_generator(seed, i, device) for i in chunk],
                                            return_step_log_probs=True))
             for gen, n in zip(runs, (1, samples)):
-                outputs += decode_all(codec, gen, gen.step_log_probs.cpu())
-                targets += [t for t in tgt for _ in range(n)]
+                yield images, n, decode_all(codec, gen, gen.step_log_probs.float().cpu()), [t for t in tgt for _ in range(n)]
+
+
+def collect(model, split, codec, indices: Sequence[int], samples: int, seed: int,
+            batch_size: int = 64) -> tuple[list, list]:
+    """`generated`'s outputs, decoded with features -> (outputs, targets), one target per output."""
+    outputs, targets = [], []
+    for _, _, decoded, tgt in generated(model, split, codec, indices, samples, seed, batch_size):
+        outputs += decoded
+        targets += tgt
     return outputs, targets
 
 

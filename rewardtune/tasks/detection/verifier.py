@@ -23,9 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...model.encdec import eval_mode, image_generator
-from ..base import decode_all
-from .score_head import spearman
+from .score_head import generated, spearman
 
 CROP = 24  # crop side in pixels
 CONTEXT = 2.0  # a crop spans the box grown this many times about its centre
@@ -133,27 +131,14 @@ def fit_verifier(crops: torch.Tensor, classes: torch.Tensor, targets: torch.Tens
     return net.eval(), {"loss": loss_sum / n}
 
 
-@torch.no_grad()
 def collect_crops(model, split, codec, indices: Sequence[int], samples: int, seed: int,
                   batch_size: int = 64) -> tuple[list, list, torch.Tensor]:
-    """The model's greedy output and `samples` samples (temperature 1) of each image split[indices] ->
-    (outputs, targets, crops of every output's boxes in order). Own generators, never the global RNG."""
-    device = next(model.parameters()).device
+    """score_head.generated's outputs -> (outputs, targets, the crops of every output's boxes in order)."""
     outputs, targets, crops = [], [], []
-    with eval_mode(model):
-        for start in range(0, len(indices), batch_size):
-            chunk = list(indices[start:start + batch_size])
-            images, tgt, _ = split.batch(chunk)
-            images = images.to(device)
-            runs = [model.generate(images, 1, greedy=True, return_step_log_probs=True)]
-            if samples:
-                runs.append(model.generate(images, samples, generator=[image_generator(seed, i, device) for i in chunk],
-                                           return_step_log_probs=True))
-            for gen, n in zip(runs, (1, samples)):
-                decoded = decode_all(codec, gen, gen.step_log_probs.float().cpu())
-                outputs += decoded
-                targets += [t for t in tgt for _ in range(n)]
-                crops.append(box_crops(images.repeat_interleave(n, 0), [o["boxes"] for o in decoded]))
+    for images, n, decoded, tgt in generated(model, split, codec, indices, samples, seed, batch_size):
+        outputs += decoded
+        targets += tgt
+        crops.append(box_crops(images.repeat_interleave(n, 0), [o["boxes"] for o in decoded]))
     return outputs, targets, torch.cat(crops) if crops else torch.zeros(0, 3, CROP, CROP)
 
 

@@ -180,9 +180,12 @@ def pq_region_credit(preds: Sequence[dict], gts: Sequence[dict], regions: int) -
     split segment earns its pixels nothing; false positives lower the terms of their category. An image
     where nothing counts (PQ 1) spreads its 1 evenly.
     """
-    m = _match(preds, gts)
+    return _region_credit(_match(preds, gts), gts, regions)
+
+
+def _region_credit(m: _Matching, gts: Sequence[dict], regions: int) -> np.ndarray:
     s = m.stats
-    n = len(preds)
+    n = len(m.gt_tables)
     out = np.zeros((n, regions, regions))
     if n == 0:
         return out
@@ -242,7 +245,8 @@ def pq_image(pred: dict, gt: dict) -> tuple[float, float, float]:
 def pq_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
     """The paper's panoptic reward: per-image PQ, FloatTensor[N]; parts {"sq", "rq"} FloatTensor[N] and
     where the PQ was earned, REGION_PART FloatTensor[N, REGIONS, REGIONS] (`pq_region_credit`)."""
-    pq, sq, rq = pq_batch(outputs, targets)
+    m = _match(outputs, targets)
+    pq, sq, rq, _ = average_pq(m.stats.tp, m.stats.fp, m.stats.fn, m.stats.iou, empty=1.0)
     as_tensor = lambda x: torch.from_numpy(x.astype(np.float32))  # noqa: E731
     return as_tensor(pq), {"sq": as_tensor(sq), "rq": as_tensor(rq),
-                           REGION_PART: as_tensor(pq_region_credit(outputs, targets, REGIONS))}
+                           REGION_PART: as_tensor(_region_credit(m, targets, REGIONS))}
