@@ -9,8 +9,8 @@ model trained on for as many steps as tuning took, at the learning rate MLE ende
     .venv/bin/python benchmarks/reward_benchmark.py panoptic --codec learned --seeds 0 1 2
 
 `--codec learned` (panoptic, colorization): UViM. Stage I first (recipe <task>_bench_codec: the learned code),
-then stage II MLE (<task>_bench_mle with task_options.codec=learned on that run), tuning and the control as
-for the grid code; its runs go to OUT/learned/, its results to OUT/results_learned.json, and the table puts
+then stage II MLE (<task>_bench_mle with task_options.codec=learned on that run; panoptic: 6000 steps, to its
+plateau), tuning (panoptic: 150 steps of per-cell credit, train.credit=local) and the control as for the grid code; its runs go to OUT/learned/, its results to OUT/results_learned.json, and the table puts
 grid and learned side by side when OUT/results.json (the grid benchmark) is there too, with the wall time of
 every stage and the reward step's time split (sampling / decoding the samples / reward, as the tuning run
 logged it: train/time_sample, time_decode, time_reward).
@@ -49,6 +49,10 @@ COLUMNS = {"detection": ("map", "ap50", "ap75", "ar100"), "captioning": ("cider"
 LEARNED_TASKS = ("panoptic", "colorization")  # the tasks with a dense target: --codec learned
 QUICK_CODE = ["code.width=32", "code.depth=1", "code.heads=2", "code.codebook_size=32"]  # stage I, with --quick
 TIME_SPLIT = ("time_sample", "time_decode", "time_reward")
+# --codec learned: what the learned code's stages set beside their recipes (stage II MLE trained to its plateau:
+# 6000 cosine steps with patience; panoptic tuning with per-cell credit, docs/results.md#uvim-learned-code)
+LEARNED_STAGE = {"panoptic": {"mle": ["train.steps=6000"], "tune": ["train.credit=local", "train.steps=150",
+                                                                    "train.eval_every=50", "train.checkpoint_every=50"]}}
 QUICK = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=8",
          "train.eval_images=16", "model.width=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2"]
 
@@ -123,14 +127,17 @@ def run_seed(task: str, seed: int, args) -> dict:
         times["codec"] = timed(train, config(task, "codec", data, seed, extra + (QUICK_CODE if args.quick else [])),
                                run("codec"))
         extra = extra + ["task_options.codec=learned", f"task_options.code_run={json.dumps(run('codec'))}"]
-    times["mle"] = timed(train, config(task, "mle", data, seed, extra), run("mle"))
+    # a stage's own settings for the learned code, before --quick's (which then win)
+    own = lambda stage: (LEARNED_STAGE.get(task, {}).get(stage, []) if args.codec == "learned" else [])  # noqa: E731
+    times["mle"] = timed(train, config(task, "mle", data, seed, own("mle") + extra), run("mle"))
     for stage, start in plan:
-        times[stage] = timed(train, config(task, stage, data, seed, extra), run(stage), init_dir=run(start))
-    steps = {s: config(task, s, data, seed, extra).train.steps for s in stages}
+        times[stage] = timed(train, config(task, stage, data, seed, own(stage) + extra), run(stage),
+                             init_dir=run(start))
+    steps = {s: config(task, s, data, seed, own(s) + extra).train.steps for s in stages}
     chain = lambda s: steps[s] + (chain(parent[s]) if parent[s] != "mle" else 0)  # noqa: E731
     tune_steps = max(chain(s) for s in stages)  # the control trains as long as the longest tuning chain
-    mle = config(task, "mle", data, seed, extra).train
-    control = config(task, "mle", data, seed, extra + [
+    mle = config(task, "mle", data, seed, own("mle") + extra).train
+    control = config(task, "mle", data, seed, own("mle") + extra + [
         f"train.steps={tune_steps}", "train.schedule=constant", "train.warmup_steps=0", "train.patience=0",
         f"train.lr={mle.lr * max(mle.min_lr_ratio, 0.01)}", f"train.eval_every={max(1, tune_steps // 4)}"])
     times["control"] = timed(train, control, run("control"), init_dir=run("mle"))
