@@ -56,3 +56,5 @@ def test_the_state_round_trips_through_json_and_the_codec_scores_with_it():
     assert np.array_equal(out["scores"], out["score_verifier"])
     no_image = codec.decode(tokens, lp)  # without the image: token probability, and no verifier score claimed
     assert np.array_equal(no_image["scores"], no_image["score_prob"]) and "score_verifier" not in no_image
+    unscored = codec.decode(tokens, image=image)  # no step log-probs (a reward step's samples): no scores computed
+    assert "score_verifier" not in unscored

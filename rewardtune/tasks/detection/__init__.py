@@ -66,7 +66,8 @@ class DetectionOptions:
     # MLE target of the conf token: "right" (always; the paper's targets) or "self_iou" (aux.self_iou_mle_loss)
     mle_conf: str = "right"
     # the conf token as a hedge decision ("wrong" = also emit the box with its second class; codec.py), a departure
-    # from the paper: needs the token-probability score and no IoU-confidence loss; proposals then hedge tokens
+    # from the paper: needs the token-probability (or verifier) score and no IoU-confidence loss; proposals then
+    # hedge tokens
     hedge_token: bool = False
 
 

@@ -127,7 +127,7 @@ class DetectionCodec:
         `_score_repeats`); both 1 without `step_log_probs`; the
         learned score (score_head.py) of the fitted head, token probability until one is fitted; the verifier
         score (verifier.py, "score_verifier") of the fitted net on the boxes' crops of `image` (FloatTensor[3, S, S],
-        what the model saw), token probability until one is fitted or without the image.
+        what the model saw) with `step_log_probs`, token probability until one is fitted or without the image.
         `scores` holds the one named by the codec's `score`. With `hedge_token` and `step_log_probs`, each box
         whose conf token is "wrong" is followed by its copy with the second most likely class (`_add_hedges`);
         "hedged" (bool[k']) marks the copies.
@@ -155,7 +155,9 @@ class DetectionCodec:
             out["hedged"] = np.zeros(len(groups), bool)
             if step_log_probs is not None and self.num_classes > 1 and (groups[:, 5] == self.wrong_token).any():
                 out = self._add_hedges(out, groups, step_log_probs.detach().float().cpu())
-        if self.score == "verifier" and self.verifier is not None and image is not None:  # hedge copies included
+        # like the learned score, only when scores are asked for (step log-probs given: eval, predict, analyze), not
+        # on the reward step's samples, whose rewards do not read scores; hedge copies included
+        if self.score == "verifier" and self.verifier is not None and image is not None and step_log_probs is not None:
             out["scores"] = out["score_verifier"] = verifier_scores(self.verifier, image, out["boxes"], out["classes"])
         return out
 
