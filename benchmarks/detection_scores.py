@@ -10,7 +10,10 @@ closes and each score's Spearman correlation with the true IoU.
 Each run is read at the checkpoint that stands for it; the fitted score's detections are written to
 OUT/<run name>/detections.json and its mAP is re-read from that file by pycocotools (`rewardtune score
 detection`). `--calib-root`: fit on the train split of another data root (fresh images of the same world)
-instead of the run's own training images. Results go to OUT/scores.json.
+instead of the run's own training images. `--hedge-all`: read every box as hedged (its conf token as "wrong",
+task_options.hedge_token): each box is followed by its copy with its second most likely class, in the fit and
+in the ranking; on a model that never hedged (MLE, control) these are its boxes hedged after the fact, the
+reference a hedge-token model must beat. Results go to OUT/scores.json.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ import json
 import os
 import sys
 import time
+
+import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,8 +39,23 @@ from rewardtune.tasks import make_task  # noqa: E402
 FITTED = ("learned", "verifier")
 
 
+def hedge_every_box(codec) -> None:
+    """Make `codec` decode every box as hedged: each conf token "right" is read as "wrong" (codec.hedge_token),
+    so every box is followed by its copy with the second most likely class (codec._add_hedges)."""
+    plain = codec.decode
+
+    def decode(tokens, step_log_probs=None, image=None):
+        toks = (tokens.detach().cpu().reshape(-1) if isinstance(tokens, torch.Tensor)
+                else torch.as_tensor(np.asarray(tokens, np.int64))).clone()
+        conf = toks[5::6]  # a box's six tokens end with its conf token; groups start at multiples of 6
+        conf[conf == codec.right_token] = codec.wrong_token
+        return plain(toks, step_log_probs, image=image)
+    codec.hedge_token = codec.reads_step_log_probs = True
+    codec.decode = decode
+
+
 def measure(run: str, out_dir: str, images: int, samples: int, seed: int, fitted_score: str = "learned",
-            calib_root: str = "") -> dict:
+            calib_root: str = "", hedge_all: bool = False) -> dict:
     scores = ("token_prob", "expected_iou", fitted_score)
     config = load_config(os.path.join(run, "config.json"))
     config.task_options = {**config.task_options, "score": fitted_score, "calibrate_images": images,
@@ -47,13 +68,15 @@ def measure(run: str, out_dir: str, images: int, samples: int, seed: int, fitted
     model = build_model(config.model, config.data.image_size, task.codec)
     checkpoint.load_weights(model, saved["model"], path, config.task, saved["state"].get("task"))
     model.eval()
+    if hedge_all:
+        hedge_every_box(task.codec)
     splits = task.datasets()
     t0 = time.time()
     calib = splits["train"]
     if calib_root:
         calib_config = copy.deepcopy(config)
         calib_config.data.root = calib_root
-        calib = make_task(calib_config, state).datasets()["train"]
+        calib = make_task(calib_config, state).datasets()["train"]  # its codec is not used
     fitted = task.calibrate(model, calib, seed)
     fit_s = time.time() - t0
     val = splits["val"]
@@ -64,10 +87,10 @@ def measure(run: str, out_dir: str, images: int, samples: int, seed: int, fitted
     gt = os.path.join(config.data.root, "annotations", "instances_val.json")
     from_file = score("detection", {"pred": os.path.join(out_dir, "detections.json"), "gt": gt})
     gap = metrics["map_by_oracle_iou"] - metrics["map_by_token_prob"]
-    return {"run": run, "checkpoint": name, "score": fitted_score, "fit": fitted, "fit_s": fit_s,
+    return {"run": run, "checkpoint": name, "score": fitted_score, "hedge_all": hedge_all, "fit": fitted, "fit_s": fit_s,
             "map_fitted_from_file": from_file["map"], "ar100": metrics["ar100"],
             **{f"map_by_{s}": metrics[f"map_by_{s}"] for s in (*scores, "oracle_iou")},
-            **{f"spearman_{s}": metrics[f"spearman_{s}"] for s in scores},
+            **{f"spearman_{s}": metrics.get(f"spearman_{s}", float("nan")) for s in scores},  # undefined: left out
             **{f"gap_closed_{s}": (metrics[f"map_by_{s}"] - metrics["map_by_token_prob"]) / gap if gap else float("nan")
                for s in scores}}
 
@@ -81,12 +104,16 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1024, help="training images the fitted score is fitted on")
     p.add_argument("--samples", type=int, default=4, help="samples per image beside the greedy output")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hedge-all", action="store_true", help="read every box as hedged (the boxes hedged after the "
+                   "fact): each box followed by its copy with its second most likely class")
     args = p.parse_args()
+    if args.hedge_all and args.score != "verifier":
+        p.error("--hedge-all: with --score verifier (the learned score reads no hedge copies)")
     rows = []
     for run in args.runs:
         label = os.path.basename(os.path.normpath(run))
         rows.append(measure(run, os.path.join(args.out, label), args.images, args.samples, args.seed, args.score,
-                            args.calib_root))
+                            args.calib_root, args.hedge_all))
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "scores.json"), "w") as f:
             json.dump(rows, f, indent=1)

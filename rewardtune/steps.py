@@ -192,7 +192,8 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
     total, terms = torch.zeros((), device=images.device), {}
     for i, d in enumerate(drawn):
         with gradient_sync(ctx, last=i == len(drawn) - 1):
-            loss, logs = reward_loss(ctx, images[d.part], d, 1.0 / len(drawn), kl_weights[i] if kl_weights else None)
+            loss, logs = reward_loss(ctx, images[d.part], d, 1.0 / len(drawn), kl_weights[i] if kl_weights else None,
+                                     exempt)
             loss.backward()
         total = total + loss.detach()
         for name, value in logs.items():
@@ -201,9 +202,10 @@ def reward_step(ctx: StepContext, images: torch.Tensor, targets: list,
 
 
 def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
-                kl_weight: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+                kl_weight: Optional[torch.Tensor], exempt: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """One micro-batch's REINFORCE loss (+ auxiliary loss, + KL term), with gradient, times its share of the
-    step (`share` = 1 / k, `kl_weight` its share of the global tokens); the terms' values for the logs."""
+    step (`share` = 1 / k, `kl_weight` its share of the global tokens; `exempt` the codec's positions the KL
+    term leaves out); the terms' values for the logs."""
     cfg, task, n = ctx.train, ctx.task, ctx.train.num_samples
     tokens, lengths = d.gen.tokens, d.gen.lengths
     if d.proposals is None:
@@ -234,7 +236,7 @@ def reward_loss(ctx: StepContext, images: torch.Tensor, d: Drawn, share: float,
     if ctx.reference is not None and cfg.kl_weight > 0:
         with torch.no_grad(), autocast(ctx, images.device):
             ref_lp = ctx.reference.log_probs(images, tokens, n)
-        kl = kl_to_reference(step_lp, ref_lp, lengths, kl_exempt(task.codec)) * kl_weight
+        kl = kl_to_reference(step_lp, ref_lp, lengths, exempt) * kl_weight
         loss = loss + cfg.kl_weight * kl
         logs["kl"] = kl.item()
     return loss, logs

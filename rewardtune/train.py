@@ -156,7 +156,7 @@ def train(config: Config, run_dir: str, init_dir: Optional[str] = None, evaluate
         scheduler.load_state_dict(source["optim"]["scheduler"])
         checkpoint.restore_rng(source["rng"], source["state"]["rng"], d.rank)
         state.update({k: source["state"][k] for k in ("best_metric", "evals_since_best", "nonfinite_total",
-                                                     "nonfinite_run", "baseline_state", "finished")
+                                                     "nonfinite_run", "baseline_state", "finished", "ran_all_steps")
                       if k in source["state"]})
         start = source["state"]["step"]
     if d.main:
@@ -214,7 +214,12 @@ class _Loop:
                    desc=f"{cfg.stage} {os.path.basename(os.path.abspath(self.run_dir))}")
         t0, window = time.time(), []
         if self.state.get("finished"):
-            start = cfg.steps  # a run that already ended (or stopped early) stays ended
+            if self.state.get("ran_all_steps") and start < cfg.steps:  # it ran its train.steps; more are asked for
+                self.state["finished"] = False
+                if self.d.main:
+                    tqdm.write(f"train.steps is {cfg.steps}: going on from step {start}, where the run ended")
+            else:
+                start = cfg.steps  # a run that stopped early, or has done its steps, stays ended
         d = self.d
         batches = step_batches(self.train_split, range(start, cfg.steps),
                                lambda step: batch_indices(step, cfg.batch_size, len(self.train_split), cfg.seed,
@@ -241,6 +246,7 @@ class _Loop:
                     is_best, stop = self._validate(done)
                 if done == cfg.steps or stop:
                     self.state["finished"] = True
+                    self.state["ran_all_steps"] = not stop  # an early stop is final; a run that did its steps goes on
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps or is_best or stop:
                     self._save(done, is_best)
                 if stop:  # decided on the main process and broadcast by _validate: every rank stops here

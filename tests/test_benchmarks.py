@@ -95,3 +95,38 @@ def test_gpu_check_counts_the_model_flops_torch_counts(stem):
     with torch.no_grad():
         counted = speed.count_flops(lambda: model(images, tokens))
     assert gpu_check.forward_flops(model, 32, 12) == counted
+
+
+def test_detection_scores_benchmark_ranks_by_the_verifier_and_hedges_every_box(tmp_path):
+    """detection_scores.py on a tiny run: the table, and the verifier's mAP re-read from its written file; with
+    --hedge-all every box is followed by its copy with another class."""
+    import json
+
+    from rewardtune.config import apply_overrides, from_dict
+    from rewardtune.data.shapes import generate_shapes
+    from rewardtune.recipes import recipe_dict
+    from rewardtune.train import train
+    root = str(tmp_path / "data")
+    generate_shapes(root, num_train=16, num_val=8, num_test=2, image_size=32, seed=2, level="faint")
+    tiny = ["data.image_size=32", "model.width=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2",
+            "train.batch_size=8", "train.eval_every=4", "train.checkpoint_every=4", "train.eval_images=8",
+            "train.threads=0", "train.steps=4", "train.lr=3e-3", 'task_options={"bins": 32, "max_boxes": 6}']
+    run = str(tmp_path / "run")
+    train(from_dict(apply_overrides(recipe_dict("detection_demo_mle"), [f"data.root={json.dumps(root)}", *tiny])), run)
+    counts = {}
+    for hedged in (False, True):
+        out = tmp_path / f"out{int(hedged)}"
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "detection_scores.py"), run,
+                               "--score", "verifier", "--images", "8", "--samples", "1", "--out", str(out)]
+                              + ["--hedge-all"] * hedged, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "mAP verifier" in proc.stdout and "gap closed verifier" in proc.stdout
+        row = json.loads((out / "scores.json").read_text())[0]
+        assert row["hedge_all"] is hedged
+        assert row["map_fitted_from_file"] == pytest.approx(row["map_by_verifier"], abs=1e-9)
+        detections = json.loads((out / "run" / "detections.json").read_text())
+        counts[hedged] = len(detections)
+    assert counts[False] > 0 and counts[True] == 2 * counts[False]
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "detection_scores.py"), run,
+                          "--hedge-all", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--hedge-all: with --score verifier" in bad.stderr

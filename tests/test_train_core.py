@@ -199,3 +199,27 @@ def test_the_standing_checkpoint_is_read_the_same_way_by_tune_eval_analyze_and_r
     again.task = config.task
     train(again, plain, evaluate_at_end=False)
     assert checkpoint.find(plain, "best") != checkpoint.find(plain, "latest") and checkpoint.standing(plain) == "latest"
+
+
+def test_a_run_that_did_its_steps_goes_on_when_asked_for_more_and_an_early_stop_is_final(tmp_path, monkeypatch):
+    constant = dict(schedule="constant", warmup_steps=0, steps=8, eval_every=4, checkpoint_every=4)
+    full, extended = str(tmp_path / "full"), str(tmp_path / "extended")
+    train(toy(**constant), full, evaluate_at_end=False)
+    train(toy(**{**constant, "steps": 4}), extended, evaluate_at_end=False)
+    train(toy(**{**constant, "steps": 4}), extended, evaluate_at_end=False)  # the same steps again: nothing to do
+    assert int(checkpoint.find(extended).rsplit("-", 1)[1]) == 4
+    train(toy(**constant), extended, evaluate_at_end=False)  # train.steps 4 -> 8: steps 5..8, as one 8-step run
+    a, b = weights(full), weights(extended)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in records(extended) if "train/loss" in r] == [2, 4, 6, 8]
+
+    stopped = str(tmp_path / "stopped")
+    def stop(self, done):  # patience says stop at the first evaluation
+        self.state["best_metric"] = 0.0
+        return False, True
+    monkeypatch.setattr(_Loop, "_validate", stop)
+    train(toy(**{**constant, "steps": 8}), stopped, evaluate_at_end=False)
+    monkeypatch.undo()
+    assert int(checkpoint.find(stopped).rsplit("-", 1)[1]) == 4
+    train(toy(**{**constant, "steps": 12}), stopped, evaluate_at_end=False)  # an early stop stays final
+    assert int(checkpoint.find(stopped).rsplit("-", 1)[1]) == 4
