@@ -10,10 +10,10 @@ closes and each score's Spearman correlation with the true IoU.
 Each run is read at the checkpoint that stands for it; the fitted score's detections are written to
 OUT/<run name>/detections.json and its mAP is re-read from that file by pycocotools (`rewardtune score
 detection`). `--calib-root`: fit on the train split of another data root (fresh images of the same world)
-instead of the run's own training images. `--hedge-all`: read every box as hedged (its conf token as "wrong",
-task_options.hedge_token): each box is followed by its copy with its second most likely class, in the fit and
-in the ranking; on a model that never hedged (MLE, control) these are its boxes hedged after the fact, the
-reference a hedge-token model must beat. Results go to OUT/scores.json.
+instead of the run's own training images. `--hedge-all`: read every box as hedged (task_options.hedge_all):
+each box is followed by its copy with its second most likely class, in the fit and in the ranking; on a model
+that never hedged (MLE, control) these are its boxes hedged after the fact, the reference a hedge-token model
+must beat. Results go to OUT/scores.json.
 """
 from __future__ import annotations
 
@@ -23,9 +23,6 @@ import json
 import os
 import sys
 import time
-
-import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,27 +36,14 @@ from rewardtune.tasks import make_task  # noqa: E402
 FITTED = ("learned", "verifier")
 
 
-def hedge_every_box(codec) -> None:
-    """Make `codec` decode every box as hedged: each conf token "right" is read as "wrong" (codec.hedge_token),
-    so every box is followed by its copy with the second most likely class (codec._add_hedges)."""
-    plain = codec.decode
-
-    def decode(tokens, step_log_probs=None, image=None):
-        toks = (tokens.detach().cpu().reshape(-1) if isinstance(tokens, torch.Tensor)
-                else torch.as_tensor(np.asarray(tokens, np.int64))).clone()
-        conf = toks[5::6]  # a box's six tokens end with its conf token; groups start at multiples of 6
-        conf[conf == codec.right_token] = codec.wrong_token
-        return plain(toks, step_log_probs, image=image)
-    codec.hedge_token = codec.reads_step_log_probs = True
-    codec.decode = decode
-
-
 def measure(run: str, out_dir: str, images: int, samples: int, seed: int, fitted_score: str = "learned",
             calib_root: str = "", hedge_all: bool = False) -> dict:
     scores = ("token_prob", "expected_iou", fitted_score)
     config = load_config(os.path.join(run, "config.json"))
     config.task_options = {**config.task_options, "score": fitted_score, "calibrate_images": images,
                            "calibrate_samples": samples}
+    if hedge_all:  # every box read as hedged (task_options.hedge_all), also a hedge-token model's
+        config.task_options.update(hedge_all=True, hedge_token=False)
     name = checkpoint.standing(run)
     path = checkpoint.find(run, name)
     saved = checkpoint.load(path, optimizer_state=False)
@@ -68,8 +52,6 @@ def measure(run: str, out_dir: str, images: int, samples: int, seed: int, fitted
     model = build_model(config.model, config.data.image_size, task.codec)
     checkpoint.load_weights(model, saved["model"], path, config.task, saved["state"].get("task"))
     model.eval()
-    if hedge_all:
-        hedge_every_box(task.codec)
     splits = task.datasets()
     t0 = time.time()
     calib = splits["train"]

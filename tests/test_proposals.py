@@ -246,3 +246,32 @@ def test_the_kl_term_leaves_the_hedge_decisions_out():
     moved = ref.clone()
     moved[:, 5] = torch.log_softmax(torch.randn(2, 4), -1)
     assert float(kl_to_reference(moved, ref, lengths, exempt)) == 0.0 < float(kl_to_reference(moved, ref, lengths))
+
+
+def test_hedge_all_reads_every_box_as_hedged_whatever_its_conf_token():
+    every = DetectionCodec(3, bins=5, max_boxes=3, box_order="canonical", hedge_all=True)
+    seq = tokens((A, 0), (B, 2))
+    lp = log_probs(seq, [(0.6, 0.3, 0.1), (0.2, 0.1, 0.7)])
+    out = every.decode(seq, lp)
+    assert out["classes"].tolist() == [0, 1, 2, 0] and out["hedged"].tolist() == [False, True, False, True]
+    assert out["conf_pos"].tolist() == [5, 5, 11, 11]
+    # the same copies as the post-hoc headroom hedge (in the box-then-copy order) and as the hedge token on every box
+    from rewardtune.tasks.detection.headroom import hedge
+    plain = CODEC.decode(seq, lp)
+    posthoc = hedge(plain, lp, CODEC.class_token, 3)
+    np.testing.assert_allclose(np.sort(out["score_prob"]), np.sort(posthoc["scores"]), rtol=1e-6)
+    all_hedged = list(seq)
+    all_hedged[5] = all_hedged[11] = HEDGE.wrong_token
+    np.testing.assert_array_equal(HEDGE.decode(all_hedged, lp)["classes"], out["classes"])
+    assert every.decode(seq)["classes"].tolist() == [0, 2]  # without the log-probs: plain boxes
+    assert every.reads_step_log_probs
+
+
+@pytest.mark.parametrize("options, named", [({"hedge_token": True, "aux_weight": 0}, "hedge_all"),
+                                            ({"score": "learned"}, "score"), ({"score": "expected_iou"}, "score")])
+def test_hedge_all_config_errors_name_the_key(options, named):
+    from rewardtune.tasks.detection import detection_options
+    config = from_dict({"task": "detection", "task_options": {"hedge_all": True, **options}})
+    with pytest.raises(ConfigError, match=f"'task_options.{named}'.*hedge"):
+        detection_options(config)
+    assert detection_options(from_dict({"task": "detection", "task_options": {"hedge_all": True}})).hedge_all

@@ -69,6 +69,9 @@ class DetectionOptions:
     # from the paper: needs the token-probability (or verifier) score and no IoU-confidence loss; proposals then
     # hedge tokens
     hedge_token: bool = False
+    # every box read as hedged at decoding (also emitted with its second class; codec.py), a departure: the post-hoc
+    # hedge for any model; with the verifier score the strongest decoding measured on the faint world
+    hedge_all: bool = False
 
 
 def detection_options(config) -> DetectionOptions:
@@ -88,6 +91,12 @@ def detection_options(config) -> DetectionOptions:
                    ("score", opts.score in ("auto", "token_prob", "verifier"), "must be token_prob (or auto) or "
                                                                                 "verifier with task_options.hedge_token"),
                    ("mle_conf", opts.mle_conf == "right", "must be right with task_options.hedge_token")]
+    if opts.hedge_all:  # each copy takes its box's scores: only token probability and the verifier tell them apart
+        checks += [("hedge_all", not opts.hedge_token, "cannot go with task_options.hedge_token (which lets the "
+                                                       "model decide which boxes to hedge)"),
+                   ("score", opts.score in ("token_prob", "verifier") or (opts.score == "auto" and
+                                                                        resolve_score(opts, config) == "token_prob"),
+                    "must be token_prob or verifier with task_options.hedge_all")]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config key 'task_options.{key}': {why}, got {getattr(opts, key)!r}")
@@ -208,7 +217,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
     categories = state["categories"]
     codec = DetectionCodec(len(categories), opts.bins, opts.max_boxes, opts.box_order, resolve_score(opts, config),
                            score_head=state.get("score_head"), hedge_token=opts.hedge_token,
-                           verifier=state.get("verifier"))
+                           verifier=state.get("verifier"), hedge_all=opts.hedge_all)
     weights = class_weights(state["class_counts"])
     splits = _Splits(config, state)
     aux = None

@@ -18,6 +18,11 @@ class of the distribution its class token was drawn from". One token the sampler
 hedged box, so reward tuning can learn when to hedge (a hedge repeated token by token is a 6-token event
 sampling almost never finds). The second class needs that distribution: `decode` without step log-probs
 reads a hedge as a plain box; `reads_step_log_probs` tells the core to pass them.
+
+With `hedge_all` (also a departure) every box is read as hedged, whatever its conf token: the post-hoc hedge
+(headroom.hedge) as a way of decoding, for any model (an MLE model never hedges itself). Ranked by the box
+verifier, which scores each copy with its own class, it is the strongest decoding we measured on the faint
+world (docs/results.md#faint-world).
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ class DetectionCodec:
 
     def __init__(self, num_classes: int, bins: int = 64, max_boxes: int = 12, box_order: str = "random",
                  score: str = "token_prob", score_head: Optional[dict] = None, hedge_token: bool = False,
-                 verifier: Optional[dict] = None):
+                 verifier: Optional[dict] = None, hedge_all: bool = False):
         if num_classes < 1 or bins < 2 or max_boxes < 1:
             raise ValueError(f"DetectionCodec: need num_classes >= 1, bins >= 2, max_boxes >= 1, got "
                              f"{num_classes}, {bins}, {max_boxes}")
@@ -47,11 +52,13 @@ class DetectionCodec:
             raise ValueError(f"DetectionCodec: box_order {box_order!r} / score {score!r} not in "
                              f"{BOX_ORDERS} / {SCORES}")
         self.num_classes, self.bins, self.max_boxes = num_classes, bins, max_boxes
-        if hedge_token and score not in ("token_prob", "verifier"):
-            raise ValueError(f"DetectionCodec: hedge_token needs score 'token_prob' or 'verifier', got {score!r}")
+        if (hedge_token or hedge_all) and score not in ("token_prob", "verifier"):
+            raise ValueError(f"DetectionCodec: hedge_token / hedge_all needs score 'token_prob' or 'verifier', got "
+                             f"{score!r}")
         self.box_order, self.score = box_order, score
-        self.hedge_token = hedge_token
-        self.reads_step_log_probs = hedge_token  # a hedge's second class comes from the class token's distribution
+        self.hedge_token, self.hedge_all = hedge_token, hedge_all
+        # a hedge's second class comes from the class token's distribution
+        self.reads_step_log_probs = hedge_token or hedge_all
         self.score_head = score_head  # the fitted learned score (score_head.py), None until calibrated
         self.verifier = from_state(verifier)  # the fitted box verifier (verifier.py), None until calibrated
         self.class_token = bins  # first class token
@@ -129,8 +136,8 @@ class DetectionCodec:
         score (verifier.py, "score_verifier") of the fitted net on the boxes' crops of `image` (FloatTensor[3, S, S],
         what the model saw) with `step_log_probs`, token probability until one is fitted or without the image.
         `scores` holds the one named by the codec's `score`. With `hedge_token` and `step_log_probs`, each box
-        whose conf token is "wrong" is followed by its copy with the second most likely class (`_add_hedges`);
-        "hedged" (bool[k']) marks the copies.
+        whose conf token is "wrong" (with `hedge_all`: every box) is followed by its copy with the second most
+        likely class (`_add_hedges`); "hedged" (bool[k']) marks the copies.
         """
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.detach().cpu().reshape(-1).tolist()
@@ -151,26 +158,27 @@ class DetectionCodec:
         if step_log_probs is not None and self.score == "learned":  # only the learned score reads the features
             out["features"] = box_features(self, groups, starts, step_log_probs.detach().float().cpu())
             out["scores"] = out["score_learned"] = learned_scores(self.score_head, out["features"], score_prob)
-        if self.hedge_token:
+        if self.hedge_token or self.hedge_all:
             out["hedged"] = np.zeros(len(groups), bool)
-            if step_log_probs is not None and self.num_classes > 1 and (groups[:, 5] == self.wrong_token).any():
-                out = self._add_hedges(out, groups, step_log_probs.detach().float().cpu())
+            hedges = np.ones(len(groups), bool) if self.hedge_all else groups[:, 5] == self.wrong_token
+            if step_log_probs is not None and self.num_classes > 1 and hedges.any():
+                out = self._add_hedges(out, hedges, step_log_probs.detach().float().cpu())
         # like the learned score, only when scores are asked for (step log-probs given: eval, predict, analyze), not
         # on the reward step's samples, whose rewards do not read scores; hedge copies included
         if self.score == "verifier" and self.verifier is not None and image is not None and step_log_probs is not None:
             out["scores"] = out["score_verifier"] = verifier_scores(self.verifier, image, out["boxes"], out["classes"])
         return out
 
-    def _add_hedges(self, out: dict, groups: np.ndarray, lp: torch.Tensor) -> dict:
-        """`out` with, after each box whose conf token is "wrong" (a hedge), its copy with the most likely class
+    def _add_hedges(self, out: dict, hedges: np.ndarray, lp: torch.Tensor) -> dict:
+        """`out` with, after each box marked in `hedges` (bool[k]), its copy with the most likely class
         other than the emitted one, scored by token probability with that class's log-prob swapped in (what
         the headroom's post-hoc `hedge` gives every box). Same conf_pos: the copy's tokens are its box's."""
         rows = lp[torch.as_tensor(np.asarray(out["conf_pos"]) - 1)][:, self.class_token:self.class_token + self.num_classes]
         second, score = hedge_copies(rows.double().numpy(), out["classes"], out["score_prob"])
         copy = {"classes": second, "score_prob": score.astype(np.float32), "hedged": np.ones(len(second), bool)}
-        order, hedges = [], groups[:, 5] == self.wrong_token
-        for i in range(len(groups)):  # row i of the box, then row k + i of its copy
-            order += [i, len(groups) + i] if hedges[i] else [i]
+        order = []
+        for i in range(len(hedges)):  # row i of the box, then row k + i of its copy
+            order += [i, len(hedges) + i] if hedges[i] else [i]
         merged = {}
         for key in ("boxes", "classes", "score_iou", "score_prob", "conf_pos", "hedged"):
             merged[key] = np.concatenate([out[key], copy.get(key, out[key])])[order]
