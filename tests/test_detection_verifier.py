@@ -8,7 +8,7 @@ import torch
 from rewardtune.tasks.detection import DetectionCodec
 from rewardtune.tasks.detection.score_head import spearman
 from rewardtune.tasks.detection.verifier import (CONTEXT, CROP, VerifierNet, box_crops, fit_verifier, from_state,
-                                                  to_state, verifier_scores)
+                                                  score_crops, to_state, verifier_scores)
 
 
 def test_a_crop_shows_its_box_in_the_middle_with_context_around():
@@ -58,3 +58,15 @@ def test_the_state_round_trips_through_json_and_the_codec_scores_with_it():
     assert np.array_equal(no_image["scores"], no_image["score_prob"]) and "score_verifier" not in no_image
     unscored = codec.decode(tokens, image=image)  # no step log-probs (a reward step's samples): no scores computed
     assert "score_verifier" not in unscored
+
+
+def test_scores_are_computed_a_batch_at_a_time_with_the_same_result():
+    torch.manual_seed(0)
+    net = VerifierNet(3).eval()
+    crops, classes = torch.rand(37, 3, CROP, CROP), torch.randint(0, 3, (37,))
+    with torch.no_grad():
+        whole = torch.sigmoid(net(crops, classes)).numpy()
+    batched = score_crops(net, crops, classes, batch_size=8)  # 5 batches, the last of 5 crops
+    assert batched.shape == (37,) and batched.dtype == np.float32
+    np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-6)
+    assert score_crops(net, crops[:0], classes[:0]).shape == (0,)

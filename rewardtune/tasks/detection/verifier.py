@@ -86,12 +86,18 @@ def from_state(state: Optional[dict]) -> Optional[VerifierNet]:
 
 
 @torch.no_grad()
+def score_crops(net: VerifierNet, crops: torch.Tensor, classes: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """float32[n] in (0, 1): the net's scores of n crops, a batch at a time (the activations of the whole fit set
+    at once would take ~200 kB a crop: 10 GB for 50k boxes)."""
+    return np.concatenate([torch.sigmoid(net(crops[i:i + batch_size], classes[i:i + batch_size])).numpy()
+                           for i in range(0, len(crops), batch_size)] or [np.zeros(0)]).astype(np.float32)
+
+
 def verifier_scores(net: VerifierNet, image: torch.Tensor, boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """float32[k] in (0, 1): the net's scores of one image's k boxes (image FloatTensor[3, S, S])."""
     if len(boxes) == 0:
         return np.zeros(0, np.float32)
-    crops = box_crops(image[None], [boxes])
-    return torch.sigmoid(net(crops, torch.as_tensor(np.asarray(classes), dtype=torch.long))).numpy().astype(np.float32)
+    return score_crops(net, box_crops(image[None], [boxes]), torch.as_tensor(np.asarray(classes), dtype=torch.long))
 
 
 def fit_verifier(crops: torch.Tensor, classes: torch.Tensor, targets: torch.Tensor, num_classes: int, seed: int = 0,
@@ -154,7 +160,6 @@ def calibrate(model, split, codec, state: dict, iou_targets, images: int = 1024,
     classes = torch.from_numpy(np.concatenate([o["classes"] for o in outputs])).long()
     net, logs = fit_verifier(crops, classes, truth, codec.num_classes, seed=seed)
     codec.verifier, state["verifier"] = net, to_state(net, logs)
-    with torch.no_grad():
-        fitted = torch.sigmoid(net(crops, classes)).numpy()
+    fitted = score_crops(net, crops, classes)
     return {"verifier_boxes": float(len(crops)), "verifier_fit_spearman": spearman(fitted, truth.numpy()),
             "verifier_loss": logs["loss"]}
