@@ -231,7 +231,11 @@ def pq_batch(preds: Sequence[dict], gts: Sequence[dict]) -> tuple[np.ndarray, np
     An image where no category counts (no gt segment, no counted prediction) scores 1.0: nothing
     was there to find and nothing wrong was predicted.
     """
-    s = pq_stats(preds, gts)
+    return _per_image(pq_stats(preds, gts))
+
+
+def _per_image(s: PQStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pq_batch's per-image (pq, sq, rq) from the counts (an image where nothing counts: 1.0)."""
     pq, sq, rq, _ = average_pq(s.tp, s.fp, s.fn, s.iou, empty=1.0)
     return pq, sq, rq
 
@@ -245,8 +249,8 @@ def pq_image(pred: dict, gt: dict) -> tuple[float, float, float]:
 def pq_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
     """The paper's panoptic reward: per-image PQ, FloatTensor[N]; parts {"sq", "rq"} FloatTensor[N] and
     where the PQ was earned, REGION_PART FloatTensor[N, REGIONS, REGIONS] (`pq_region_credit`)."""
-    m = _match(outputs, targets)
-    pq, sq, rq, _ = average_pq(m.stats.tp, m.stats.fp, m.stats.fn, m.stats.iou, empty=1.0)
+    m = _match(outputs, targets)  # matched once for the values and the regions
+    pq, sq, rq = _per_image(m.stats)
     as_tensor = lambda x: torch.from_numpy(x.astype(np.float32))  # noqa: E731
     return as_tensor(pq), {"sq": as_tensor(sq), "rq": as_tensor(rq),
                            REGION_PART: as_tensor(_region_credit(m, targets, REGIONS))}
