@@ -76,7 +76,7 @@ def test_png_ids_use_the_coco_colour_code():
 
 def test_task_loads_coco_layout_and_fills_the_contract(data_root):
     task = make_task(config_for(data_root, grid=8))
-    assert task.name == "panoptic" and task.primary_metric == "pq" and set(task.rewards) == {"pq"}
+    assert task.name == "panoptic" and task.primary_metric == "pq" and set(task.rewards) == {"pq", "pq_dataset"}
     assert task.state == {"categories": [{"id": c["id"], "name": c["name"], "isthing": c["isthing"]}
                                          for c in CATEGORIES]}
     splits = task.datasets()

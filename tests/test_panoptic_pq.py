@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rewardtune.tasks.base import REGION_PART
-from rewardtune.tasks.panoptic.pq import pq_batch, pq_image, pq_reward, pq_stats
+from rewardtune.tasks.panoptic.pq import (average_pq, dataset_pq_shares, pq_batch, pq_dataset_reward, pq_image, pq_reward,
+                                          pq_stats)
 
 
 def strip(*runs):
@@ -147,3 +148,67 @@ def test_batch_equals_one_by_one_and_reward_is_a_tensor():
     assert torch.allclose(reward, torch.tensor(pq, dtype=torch.float32))
     assert set(parts) == {"sq", "rq", REGION_PART} and parts["rq"].shape == (4,)
     assert torch.allclose(parts[REGION_PART].sum((1, 2)), reward, atol=1e-5)  # where the PQ was earned
+
+
+def dataset_pq(preds, gts):
+    """pq_compute's PQ of a batch: the counts pooled over its images, then averaged over categories."""
+    st = pq_stats(preds, gts)
+    return float(average_pq(st.tp.sum(0), st.fp.sum(0), st.fn.sum(0), st.iou.sum(0), empty=1.0)[0])
+
+
+def test_dataset_share_on_a_hand_case():
+    perfect = pan([(5, 20), (6, 20)], {5: 1, 6: 2})
+    merged = pan([(8, 40)], {8: 2})  # IoU 0.5 with the stuff: no match; the thing missed, the merge a false positive
+    share, regions = dataset_pq_shares([perfect, merged], [GT, GT], regions=2)
+    # pooled: thing S 1, D 1 + 0.5 (PQ 2/3); stuff S 1, D 1 + 0.5 + 0.5 (PQ 1/2); batch PQ 7/12;
+    # weights N / (C D_c): 2/3 and 1/2
+    assert dataset_pq([perfect, merged], [GT, GT]) == pytest.approx(7 / 12)
+    assert share == pytest.approx([7 / 12 + 2 / 3 * (1 - 2 / 3) + 1 / 2 * (1 - 1 / 2),
+                                   7 / 12 - 2 / 3 * (2 / 3) / 2 - 1 / 2 * (1 / 2) / 2 - 1 / 2 * (1 / 2) / 2])
+    assert share.mean() == pytest.approx(7 / 12)
+    # the merge: the batch's PQ spread evenly, the missed thing on its pixels (left), the missed stuff on its
+    # own (right), the false positive over its whole extent
+    assert regions[1] == pytest.approx(np.array([[7 / 24 - 2 / 9 - 1 / 16, 7 / 24 - 1 / 8 - 1 / 16], [0, 0]]))
+    reward, parts = pq_dataset_reward([perfect, merged], [GT, GT])
+    assert reward.dtype == torch.float32 and torch.allclose(reward, torch.tensor(share, dtype=torch.float32))
+    assert parts["pq"].tolist() == [1.0, 0.0]  # the per-image PQ beside it
+    assert torch.allclose(parts[REGION_PART].sum((1, 2)), reward, atol=1e-6)
+
+
+def random_pair(rng):
+    h, w = rng.integers(6, 16, size=2)
+    gt_ids = np.full((h, w), 9)
+    gt_ids[: h // 2] = 4
+    for sid in (1, 2):  # two things of random extent
+        y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
+        gt_ids[y:y + 3, x:x + 3] = sid
+    gt = {"map": gt_ids, "segments": [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 5},
+                                      {"id": 4, "category_id": 3}, {"id": 9, "category_id": 2}]}
+    pred_ids = np.where(rng.random((h, w)) < 0.85, gt_ids, rng.choice([1, 4, 9, 7]))
+    cats = {1: 1, 2: int(rng.choice([5, 1])), 4: 3, 9: 2, 7: 1}
+    pred = {"map": pred_ids, "segments": [{"id": k, "category_id": v} for k, v in cats.items()]}
+    return pred, gt
+
+
+def test_dataset_shares_average_to_the_batch_pq_and_their_regions_sum_to_them():
+    rng = np.random.default_rng(1)
+    preds, gts = zip(*[random_pair(rng) for _ in range(24)])
+    share, regions = dataset_pq_shares(preds, gts, regions=4)
+    assert share.mean() == pytest.approx(dataset_pq(preds, gts))
+    assert regions.sum((1, 2)) == pytest.approx(share)
+    assert np.corrcoef(share, pq_batch(preds, gts)[0])[0, 1] > 0.5  # the same direction as per-image PQ, not the same
+    assert dataset_pq_shares([], [], regions=4)[0].shape == (0,)
+    empty = {"map": np.zeros((3, 3), np.int32), "segments": []}
+    assert dataset_pq_shares([empty], [empty], regions=2)[0] == pytest.approx([1.0])  # nothing counts: 1, as pq_batch
+
+
+def test_a_share_is_the_first_order_change_of_the_batch_pq():
+    rng = np.random.default_rng(2)
+    preds, gts = map(list, zip(*[random_pair(rng) for _ in range(120)]))
+    for j in (0, 7, 31):
+        better = {"map": gts[j]["map"].copy(), "segments": gts[j]["segments"]}  # the truth itself
+        batch, with_better = preds + [better], preds[:j] + [better] + preds[j + 1:] + [better]
+        share, _ = dataset_pq_shares(batch, gts + [gts[j]], regions=2)
+        predicted = (share[-1] - share[j]) / len(batch)
+        actual = dataset_pq(with_better, gts + [gts[j]]) - dataset_pq(batch, gts + [gts[j]])
+        assert predicted > 0 and actual == pytest.approx(predicted, rel=0.1)

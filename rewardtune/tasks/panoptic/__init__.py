@@ -19,7 +19,7 @@ from .codec import PanopticCodec
 from .dense import PanopticDense
 from .io import categories_of, load_split, read_panoptic_json, split_paths, write_panoptic
 from .metrics import panoptic_metrics, score_files
-from .pq import pq_batch, pq_image, pq_reward
+from .pq import pq_batch, pq_dataset_reward, pq_image, pq_reward
 from .viz import visualize
 
 __all__ = ["PanopticOptions", "PanopticCodec", "make_task", "pq_image", "pq_batch", "pq_reward",
@@ -88,7 +88,7 @@ def make_task(config, state: Optional[dict] = None) -> Task:
         name="panoptic",
         codec=codec,
         datasets=datasets,
-        rewards={"pq": pq_reward},
+        rewards={"pq": pq_reward, "pq_dataset": pq_dataset_reward},
         metrics=lambda outputs, targets, ids: panoptic_metrics(outputs, targets, categories),
         write_predictions=lambda outputs, targets, ids, out_dir: write_panoptic(outputs, ids, out_dir, categories, names),
         visualize=visualize,

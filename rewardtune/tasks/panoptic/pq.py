@@ -115,6 +115,10 @@ class _Matching:
     gt_tables: list  # (N,) _Table of each image's ground truth
     gt_iou: np.ndarray  # (N, G) the IoU of the prediction each gt column matches, 0 where none
     gt_cat: np.ndarray  # (N, G) index into stats.categories of each gt column (clipped)
+    pred_tables: list = None  # (N,) _Table of each prediction (on the gt's grid)
+    fn: np.ndarray = None  # (N, G) bool, the gt columns counted as false negatives
+    fp: np.ndarray = None  # (N, P) bool, the pred columns counted as false positives
+    pred_cat: np.ndarray = None  # (N, P) index into stats.categories of each pred column (clipped)
 
 
 def pq_stats(preds: Sequence[dict], gts: Sequence[dict]) -> PQStats:
@@ -167,7 +171,8 @@ def _match(preds: Sequence[dict], gts: Sequence[dict]) -> _Matching:
     iou_sum = count(rows_g, gt_matched, gt_iou)
     fn = count(rows_g, fn_mask).astype(np.int64)
     fp = count(rows_p, fp_mask).astype(np.int64)
-    return _Matching(PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum), gt, gt_iou, cat_g)
+    return _Matching(PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum), gt, gt_iou, cat_g, pt, fn_mask, fp_mask,
+                     rows_p - np.arange(n)[:, None] * c)
 
 
 def pq_region_credit(preds: Sequence[dict], gts: Sequence[dict], regions: int) -> np.ndarray:
@@ -254,3 +259,78 @@ def pq_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.
     as_tensor = lambda x: torch.from_numpy(x.astype(np.float32))  # noqa: E731
     return as_tensor(pq), {"sq": as_tensor(sq), "rq": as_tensor(rq),
                            REGION_PART: as_tensor(_region_credit(m, targets, REGIONS))}
+
+
+def dataset_pq_shares(preds: Sequence[dict], gts: Sequence[dict], regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each prediction's first-order share of the batch's dataset-level PQ (what `pq_compute` reports: per
+    category, the IoU sums and tp + fp/2 + fn/2 pooled over all images, then averaged over the categories
+    present) -> (share float64 [N], where it was earned float64 [N, regions, regions]).
+
+    With the batch's pooled counts S_c (IoU sum), D_c (tp + fp/2 + fn/2) and PQ_c = S_c / D_c over its C
+    categories, output i's share is PQ + sum_c (s_ic - PQ_c d_ic) / (C D_c / N): the batch's PQ, plus how far
+    output i moves it, to first order, against an output with the batch's own per-category rates (so the
+    shares average to the batch's PQ exactly). Per-image PQ weighs every image, and every category within an
+    image, the same; this weighs each segment as the dataset metric does: a matched gt segment earns
+    (IoU - PQ_c), a missed gt segment or a false positive costs PQ_c / 2, each scaled by 1 / (C D_c / N)
+    (rare categories weigh more). The regions: each term spread evenly over its segment's pixels (a false
+    positive's on its predicted pixels), the batch's PQ evenly over the image; they sum to the share.
+    """
+    return _dataset_shares(_match(preds, gts), gts, regions)
+
+
+def _dataset_shares(m: _Matching, gts: Sequence[dict], regions: int) -> tuple[np.ndarray, np.ndarray]:
+    s, n = m.stats, len(m.gt_tables)
+    out = np.zeros((n, regions, regions))
+    if n == 0:
+        return np.zeros(0), out
+    tp, fp, fn = (np.asarray(x, np.float64) for x in (s.tp, s.fp, s.fn))
+    den = tp + 0.5 * fp + 0.5 * fn  # (N, C)
+    pooled = den.sum(0)  # (C,)
+    present = pooled > 0
+    counted = int(present.sum())
+    pq_c = np.divide(s.iou.sum(0), pooled, out=np.zeros_like(pooled), where=present)
+    batch_pq = float(pq_c[present].mean()) if counted else 1.0  # nothing counts anywhere: pq_batch's 1.0
+    weight = np.divide(n, counted * pooled, out=np.zeros_like(pooled), where=present)  # (C,)
+    share = batch_pq + ((s.iou - pq_c * den) * weight).sum(1)
+    for i, (gt_t, pred_t) in enumerate(zip(m.gt_tables, m.pred_tables)):
+        h, w = np.asarray(gts[i]["map"]).shape
+        cell = ((np.arange(h) * regions // h)[:, None] * regions + (np.arange(w) * regions // w)[None, :]).reshape(-1)
+        spread = np.zeros(h * w)
+        left = batch_pq  # mass spread evenly over the image: the batch's PQ and terms of segments with no pixels
+        for table, term in ((gt_t, _gt_terms(m, i, pq_c, weight)), (pred_t, _fp_terms(m, i, pq_c, weight))):
+            k = len(table.is_seg)
+            term = term[:k]
+            pixels = np.bincount(table.cols, minlength=k).astype(np.float64)
+            spread += np.divide(term, pixels, out=np.zeros(k), where=pixels > 0)[table.cols]
+            left += float(term[pixels == 0].sum())
+        spread += left / (h * w)
+        out[i] = np.bincount(cell, weights=spread, minlength=regions * regions).reshape(regions, regions)
+    return share, out
+
+
+def _gt_terms(m: _Matching, i: int, pq_c: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Image i's gt columns' terms of its dataset-PQ share: (IoU - PQ_c) matched, -PQ_c / 2 missed, 0 else."""
+    if len(pq_c) == 0:  # no category in the batch
+        return np.zeros(m.gt_iou.shape[1])
+    cat = m.gt_cat[i]
+    term = np.where(m.gt_iou[i] > 0, m.gt_iou[i] - pq_c[cat], 0.0) - np.where(m.fn[i], 0.5 * pq_c[cat], 0.0)
+    return term * weight[cat]
+
+
+def _fp_terms(m: _Matching, i: int, pq_c: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Image i's pred columns' terms: -PQ_c / 2 for each false positive, 0 else."""
+    if len(pq_c) == 0:
+        return np.zeros(m.fp.shape[1])
+    cat = m.pred_cat[i]
+    return -np.where(m.fp[i], 0.5 * pq_c[cat], 0.0) * weight[cat]
+
+
+def pq_dataset_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
+    """A departure from the paper (docs/method.md): each output's first-order share of the batch's dataset-level
+    PQ (`dataset_pq_shares`), the metric `pq_compute` reports, instead of its own image's PQ; parts: the
+    per-image "pq" beside it and REGION_PART, where the share was earned (for train.credit = "local")."""
+    m = _match(outputs, targets)  # matched once for the shares, their regions and the per-image PQ
+    share, regions = _dataset_shares(m, targets, REGIONS)
+    pq, _, _ = _per_image(m.stats)
+    as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.float32))  # noqa: E731
+    return as_tensor(share), {"pq": as_tensor(pq), REGION_PART: as_tensor(regions)}
