@@ -115,10 +115,10 @@ class _Matching:
     gt_tables: list  # (N,) _Table of each image's ground truth
     gt_iou: np.ndarray  # (N, G) the IoU of the prediction each gt column matches, 0 where none
     gt_cat: np.ndarray  # (N, G) index into stats.categories of each gt column (clipped)
-    pred_tables: list = None  # (N,) _Table of each prediction (on the gt's grid)
-    fn: np.ndarray = None  # (N, G) bool, the gt columns counted as false negatives
-    fp: np.ndarray = None  # (N, P) bool, the pred columns counted as false positives
-    pred_cat: np.ndarray = None  # (N, P) index into stats.categories of each pred column (clipped)
+    pred_tables: list  # (N,) _Table of each prediction (on the gt's grid)
+    fn: np.ndarray  # (N, G) bool, the gt columns counted as false negatives
+    fp: np.ndarray  # (N, P) bool, the pred columns counted as false positives
+    pred_cat: np.ndarray  # (N, P) index into stats.categories of each pred column (clipped)
 
 
 def pq_stats(preds: Sequence[dict], gts: Sequence[dict]) -> PQStats:
@@ -132,7 +132,8 @@ def _match(preds: Sequence[dict], gts: Sequence[dict]) -> _Matching:
     n = len(preds)
     if n == 0:
         z = np.zeros((0, 0), np.int64)
-        return _Matching(PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64)), [], z.astype(np.float64), z)
+        return _Matching(PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64)), [], z.astype(np.float64), z, [],
+                         z.astype(bool), z.astype(bool), z)
     pt, gt = _tables(preds, gts)
     p, g = max(len(t.is_seg) for t in pt), max(len(t.is_seg) for t in gt)
     inter = _joint_histogram(pt, gt, p, g)  # (N, P, G)
