@@ -201,16 +201,28 @@ def _region_credit(m: _Matching, gts: Sequence[dict], regions: int) -> np.ndarra
     counted = present.sum(1)  # (N,)
     for i, table in enumerate(m.gt_tables):
         h, w = np.asarray(gts[i]["map"]).shape
-        cell = ((np.arange(h) * regions // h)[:, None] * regions + (np.arange(w) * regions // w)[None, :]).reshape(-1)
+        cell = _cells(h, w, regions)
         if counted[i] == 0:
             out[i] = np.bincount(cell, minlength=regions * regions).reshape(regions, regions) / (h * w)
             continue
         k = len(table.is_seg)
-        pixels = np.bincount(table.cols, minlength=k).astype(np.float64)
         term = m.gt_iou[i, :k] / denom[i, m.gt_cat[i, :k]] / counted[i]  # 0 for unmatched columns
-        per_pixel = np.divide(term, pixels, out=np.zeros(k), where=pixels > 0)[table.cols]
+        per_pixel, _ = _over_pixels(table, term)
         out[i] = np.bincount(cell, weights=per_pixel, minlength=regions * regions).reshape(regions, regions)
     return out
+
+
+def _cells(h: int, w: int, regions: int) -> np.ndarray:
+    """int64[h * w]: the region (of regions x regions, raster order) of each pixel of an h x w map."""
+    return ((np.arange(h) * regions // h)[:, None] * regions + (np.arange(w) * regions // w)[None, :]).reshape(-1)
+
+
+def _over_pixels(table: _Table, term: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each column's term (float[k], k = the table's columns) spread evenly over its pixels -> (float64[H*W] per
+    pixel, the sum of the terms of columns with no pixel, which have nowhere to go)."""
+    pixels = np.bincount(table.cols, minlength=len(term)).astype(np.float64)
+    return (np.divide(term, pixels, out=np.zeros(len(term)), where=pixels > 0)[table.cols],
+            float(term[pixels == 0].sum()))
 
 
 def average_pq(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, iou: np.ndarray,
@@ -290,40 +302,26 @@ def _dataset_shares(m: _Matching, gts: Sequence[dict], regions: int) -> tuple[np
     present = pooled > 0
     counted = int(present.sum())
     pq_c = np.divide(s.iou.sum(0), pooled, out=np.zeros_like(pooled), where=present)
-    batch_pq = float(pq_c[present].mean()) if counted else 1.0  # nothing counts anywhere: pq_batch's 1.0
+    # the batch's PQ by the metric's own rule (pq_batch's 1.0 where nothing counts anywhere)
+    batch_pq = float(average_pq(s.tp.sum(0), s.fp.sum(0), s.fn.sum(0), s.iou.sum(0), empty=1.0)[0])
     weight = np.divide(n, counted * pooled, out=np.zeros_like(pooled), where=present)  # (C,)
     share = batch_pq + ((s.iou - pq_c * den) * weight).sum(1)
     for i, (gt_t, pred_t) in enumerate(zip(m.gt_tables, m.pred_tables)):
         h, w = np.asarray(gts[i]["map"]).shape
-        cell = ((np.arange(h) * regions // h)[:, None] * regions + (np.arange(w) * regions // w)[None, :]).reshape(-1)
         spread = np.zeros(h * w)
         left = batch_pq  # mass spread evenly over the image: the batch's PQ and terms of segments with no pixels
-        for table, term in ((gt_t, _gt_terms(m, i, pq_c, weight)), (pred_t, _fp_terms(m, i, pq_c, weight))):
-            k = len(table.is_seg)
-            term = term[:k]
-            pixels = np.bincount(table.cols, minlength=k).astype(np.float64)
-            spread += np.divide(term, pixels, out=np.zeros(k), where=pixels > 0)[table.cols]
-            left += float(term[pixels == 0].sum())
+        if counted:  # else every term is 0
+            cat_g, cat_p = m.gt_cat[i], m.pred_cat[i]
+            gt_term = (np.where(m.gt_iou[i] > 0, m.gt_iou[i] - pq_c[cat_g], 0.0)  # matched: IoU - PQ_c
+                       - np.where(m.fn[i], 0.5 * pq_c[cat_g], 0.0)) * weight[cat_g]  # missed: -PQ_c / 2
+            fp_term = -np.where(m.fp[i], 0.5 * pq_c[cat_p], 0.0) * weight[cat_p]  # false positive: -PQ_c / 2
+            for table, term in ((gt_t, gt_term), (pred_t, fp_term)):
+                per_pixel, unplaced = _over_pixels(table, term[:len(table.is_seg)])
+                spread += per_pixel
+                left += unplaced
         spread += left / (h * w)
-        out[i] = np.bincount(cell, weights=spread, minlength=regions * regions).reshape(regions, regions)
+        out[i] = np.bincount(_cells(h, w, regions), weights=spread, minlength=regions * regions).reshape(regions, regions)
     return share, out
-
-
-def _gt_terms(m: _Matching, i: int, pq_c: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Image i's gt columns' terms of its dataset-PQ share: (IoU - PQ_c) matched, -PQ_c / 2 missed, 0 else."""
-    if len(pq_c) == 0:  # no category in the batch
-        return np.zeros(m.gt_iou.shape[1])
-    cat = m.gt_cat[i]
-    term = np.where(m.gt_iou[i] > 0, m.gt_iou[i] - pq_c[cat], 0.0) - np.where(m.fn[i], 0.5 * pq_c[cat], 0.0)
-    return term * weight[cat]
-
-
-def _fp_terms(m: _Matching, i: int, pq_c: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Image i's pred columns' terms: -PQ_c / 2 for each false positive, 0 else."""
-    if len(pq_c) == 0:
-        return np.zeros(m.fp.shape[1])
-    cat = m.pred_cat[i]
-    return -np.where(m.fp[i], 0.5 * pq_c[cat], 0.0) * weight[cat]
 
 
 def pq_dataset_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
