@@ -10,7 +10,7 @@ model trained on for as many steps as tuning took, at the learning rate MLE ende
 
 `--codec learned` (panoptic, colorization): UViM. Stage I first (recipe <task>_bench_codec: the learned code),
 then stage II MLE (<task>_bench_mle with task_options.codec=learned on that run; panoptic: 6000 steps, to its
-plateau), tuning (panoptic: 150 steps of per-cell credit, train.credit=local) and the control as for the grid code; its runs go to OUT/learned/, its results to OUT/results_learned.json, and the table puts
+plateau), tuning (panoptic: 450 steps of per-cell credit, train.credit=local) and the control as for the grid code; its runs go to OUT/learned/, its results to OUT/results_learned.json, and the table puts
 grid and learned side by side when OUT/results.json (the grid benchmark) is there too, with the wall time of
 every stage and the reward step's time split (sampling / decoding the samples / reward, as the tuning run
 logged it: train/time_sample, time_decode, time_reward).
@@ -51,7 +51,7 @@ QUICK_CODE = ["code.width=32", "code.depth=1", "code.heads=2", "code.codebook_si
 TIME_SPLIT = ("time_sample", "time_decode", "time_reward")
 # --codec learned: what the learned code's stages set beside their recipes (stage II MLE trained to its plateau:
 # 6000 cosine steps with patience; panoptic tuning with per-cell credit, docs/results.md#uvim-learned-code)
-LEARNED_STAGE = {"panoptic": {"mle": ["train.steps=6000"], "tune": ["train.credit=local", "train.steps=150",
+LEARNED_STAGE = {"panoptic": {"mle": ["train.steps=6000"], "tune": ["train.credit=local", "train.steps=450",
                                                                     "train.eval_every=50", "train.checkpoint_every=50"]}}
 QUICK = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=8",
          "train.eval_images=16", "model.width=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2"]

@@ -29,6 +29,27 @@ def test_reward_benchmark_quick_prints_the_table(tmp_path, task):
         assert grid.size == (5 * 68 * 2, 8 * 68 * 2)  # 8 val images x 5 columns of 64 px + 2 px margins, x2
 
 
+def test_learned_codec_benchmark_runs_stage_one_then_the_chain_on_its_code(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reward_benchmark.py"), "panoptic",
+                           "--quick", "--codec", "learned", "--seeds", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the side-by-side table has a row for stage I (the code's ceiling) and one per later stage, with wall times
+    for row in ("codec          learned", "mle            learned", "tune           learned",
+                "learned tune: reward step sampling", "pq: tune - MLE"):
+        assert row in proc.stdout, (row, proc.stdout[-3000:])
+    import json
+    with open(tmp_path / "results_learned.json") as f:
+        result = json.load(f)[0]
+    assert result["codec"] == "learned" and set(result["times"]) >= {"codec", "mle", "tune"}
+    with open(tmp_path / "learned" / "seed0" / "tune" / "config.json") as f:
+        tune = json.load(f)
+    code_run = str(tmp_path / "learned" / "seed0" / "codec")
+    assert tune["task_options"]["codec"] == "learned" and os.path.samefile(tune["task_options"]["code_run"], code_run)
+    assert tune["train"]["credit"] == "local"  # the learned code's tuning recipe: per-cell credit
+    assert not os.path.exists(tmp_path / "results.json")  # the grid benchmark's file is not touched
+
+
 def test_detection_benchmark_with_the_hedge_token_tunes_one_stage_from_mle(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reward_benchmark.py"), "detection",
                            "--quick", "--hedge", "--level", "faint", "--seeds", "0", "--out", str(tmp_path)],
