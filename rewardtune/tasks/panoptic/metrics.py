@@ -7,7 +7,7 @@ Where panopticapi would divide by zero (no category counted in a group) the valu
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -84,20 +84,26 @@ def _read_pair(gt_ann: dict, pred_ann: dict, paths: dict, category_ids: set) -> 
     return pred, {"map": gt_map, "segments": gt_ann["segments_info"]}
 
 
-def score_files(pred_json: str, pred_dir: str, gt_json: str, gt_dir: str) -> dict[str, Any]:
-    """Score COCO panoptic predictions (JSON + PNG folder) against ground truth, as panopticapi.
-
-    Returns {pq, sq, rq, pq_things, sq_things, rq_things, pq_stuff, sq_stuff, rq_stuff} (fractions).
-    Missing or malformed files, ids in a PNG missing from its JSON (or the reverse, for predictions),
-    unknown categories and size mismatches raise DataError with one line naming the file.
-    """
+def read_files(pred_json: str, pred_dir: str, gt_json: str, gt_dir: str) -> tuple[Iterator[tuple[dict, dict]], list[dict]]:
+    """(pred, gt) panoptic dicts of every gt image, read one at a time, and the gt categories. Missing or
+    malformed files, ids in a PNG missing from its JSON (or the reverse, for predictions), unknown
+    categories and size mismatches raise DataError with one line naming the file."""
     pairs, categories = _pairs(pred_json, gt_json)
     for folder in (gt_dir, pred_dir):
         require_folder(folder, "PNG folder")
     paths = {"pred_json": pred_json, "pred_dir": pred_dir, "gt_json": gt_json, "gt_dir": gt_dir}
     category_ids = {int(c["id"]) for c in categories}
+    return (_read_pair(gt_ann, pred_ann, paths, category_ids) for gt_ann, pred_ann in pairs), categories
+
+
+def score_files(pred_json: str, pred_dir: str, gt_json: str, gt_dir: str) -> dict[str, Any]:
+    """Score COCO panoptic predictions (JSON + PNG folder) against ground truth, as panopticapi.
+
+    Returns {pq, sq, rq, pq_things, sq_things, rq_things, pq_stuff, sq_stuff, rq_stuff} (fractions);
+    bad files raise DataError as `read_files` says.
+    """
+    pairs, categories = read_files(pred_json, pred_dir, gt_json, gt_dir)
     totals = PQTotals()
-    for gt_ann, pred_ann in pairs:
-        pred, gt = _read_pair(gt_ann, pred_ann, paths, category_ids)
+    for pred, gt in pairs:
         totals.add(pq_stats([pred], [gt]))
     return totals.results(categories)
