@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from rewardtune.tasks.panoptic.errors import thing_errors
+from rewardtune.tasks.panoptic.errors import thing_errors, thing_kinds
 from rewardtune.tasks.panoptic.maps import id_to_rgb
 from rewardtune.tasks.panoptic.pq import pq_stats
 
@@ -55,6 +55,13 @@ def test_each_thing_gets_its_kind():
     # on a thing), 15 (on grass: spurious)
     assert e.spurious == 1
     assert e.total == 6
+
+
+def test_kinds_by_segment_id():
+    pred, gt = scene()
+    assert thing_kinds([pred, gt], [gt, gt], ISTHING) == [
+        {1: "matched", 2: "wrong_class", 3: "matched", 4: "merged", 5: "fragmented", 6: "missed"},
+        {k: "matched" for k in range(1, 7)}]
 
 
 def test_matched_is_the_true_positives_of_pq():

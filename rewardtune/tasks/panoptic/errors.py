@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .maps import VOID
 from .pq import _joint_histogram, _match
 
 KINDS = ("matched", "wrong_class", "merged", "fragmented", "missed")
@@ -51,8 +52,27 @@ class ThingErrors:
 def thing_errors(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> ThingErrors:
     """The kinds of `preds[i]`'s errors against `gts[i]` (panoptic dicts, as `pq_stats` takes them);
     `isthing`: category id -> bool."""
-    m = _match(preds, gts)
     out = ThingErrors()
+    for kinds, spurious in _image_kinds(preds, gts, isthing):
+        for segment_id, gt_cat, kind, pred_cat in kinds:
+            out.kinds[kind] += 1
+            out.by_category.setdefault(gt_cat, Counter())[kind] += 1
+            if kind == "wrong_class":
+                out.confusions[(gt_cat, pred_cat)] += 1
+        out.spurious += spurious
+    return out
+
+
+def thing_kinds(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> list[dict]:
+    """Per image, {gt segment id: its kind}: what became of each of its ground-truth things."""
+    return [{sid: kind for sid, _, kind, _ in kinds} for kinds, _ in _image_kinds(preds, gts, isthing)]
+
+
+def _image_kinds(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> list[tuple[list, int]]:
+    """Per image: ([(gt segment id, gt category, kind, category of the prediction overlapping it most)],
+    spurious predictions)."""
+    m = _match(preds, gts)
+    out = []
     for i, (pt, gt) in enumerate(zip(m.pred_tables, m.gt_tables)):
         p, g = len(pt.is_seg), len(gt.is_seg)
         inter = _joint_histogram([pt], [gt], p, g)[0]  # (P, G)
@@ -61,23 +81,23 @@ def thing_errors(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> T
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=(union > 0) & (inter > 0))
         iou[~pt.is_seg] = 0.0
         gt_things = gt.is_seg & ~gt.crowd & np.array([bool(isthing.get(int(c), False)) for c in gt.cat])
+        ids = np.array(sorted({int(s["id"]) for s in gts[i]["segments"]} | {VOID}))  # the table's column order
         fn = m.fn[i, :g]
+        kinds = []
         for j in np.flatnonzero(gt_things):
             best = int(np.argmax(iou[:, j]))
             if not fn[j]:
                 kind = "matched"
             elif iou[best, j] > MATCH_IOU:
                 kind = "wrong_class"
-                out.confusions[(int(gt.cat[j]), int(pt.cat[best]))] += 1
             elif iou[best, j] >= OVERLAP_IOU:
                 kind = "merged" if inter[best, j] > 0.5 * gt.area[j] else "fragmented"
             else:
                 kind = "missed"
-            out.kinds[kind] += 1
-            out.by_category.setdefault(int(gt.cat[j]), Counter())[kind] += 1
+            kinds.append((int(ids[j]), int(gt.cat[j]), kind, int(pt.cat[best])))
         pred_things = m.fp[i, :p] & np.array([bool(isthing.get(int(c), False)) for c in pt.cat])
         on_thing = (iou[:, gt_things] >= OVERLAP_IOU).any(1) if gt_things.any() else np.zeros(p, bool)
-        out.spurious += int((pred_things & ~on_thing).sum())
+        out.append((kinds, int((pred_things & ~on_thing).sum())))
     return out
 
 
