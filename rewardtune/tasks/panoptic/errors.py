@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .maps import VOID
 from .pq import _joint_histogram, _match
 
 KINDS = ("matched", "wrong_class", "merged", "fragmented", "missed")
@@ -81,7 +80,6 @@ def _image_kinds(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> l
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=(union > 0) & (inter > 0))
         iou[~pt.is_seg] = 0.0
         gt_things = gt.is_seg & ~gt.crowd & np.array([bool(isthing.get(int(c), False)) for c in gt.cat])
-        ids = np.array(sorted({int(s["id"]) for s in gts[i]["segments"]} | {VOID}))  # the table's column order
         fn = m.fn[i, :g]
         kinds = []
         for j in np.flatnonzero(gt_things):
@@ -94,7 +92,7 @@ def _image_kinds(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> l
                 kind = "merged" if inter[best, j] > 0.5 * gt.area[j] else "fragmented"
             else:
                 kind = "missed"
-            kinds.append((int(ids[j]), int(gt.cat[j]), kind, int(pt.cat[best])))
+            kinds.append((int(gt.ids[j]), int(gt.cat[j]), kind, int(pt.cat[best])))
         pred_things = m.fp[i, :p] & np.array([bool(isthing.get(int(c), False)) for c in pt.cat])
         on_thing = (iou[:, gt_things] >= OVERLAP_IOU).any(1) if gt_things.any() else np.zeros(p, bool)
         out.append((kinds, int((pred_things & ~on_thing).sum())))

@@ -84,7 +84,8 @@ def _read_pair(gt_ann: dict, pred_ann: dict, paths: dict, category_ids: set) -> 
     return pred, {"map": gt_map, "segments": gt_ann["segments_info"]}
 
 
-def read_files(pred_json: str, pred_dir: str, gt_json: str, gt_dir: str) -> tuple[Iterator[tuple[dict, dict]], list[dict]]:
+def read_files(pred_json: str, pred_dir: str, gt_json: str,
+               gt_dir: str) -> tuple[Iterator[tuple[dict, dict]], list[dict]]:
     """(pred, gt) panoptic dicts of every gt image, read one at a time, and the gt categories. Missing or
     malformed files, ids in a PNG missing from its JSON (or the reverse, for predictions), unknown
     categories and size mismatches raise DataError with one line naming the file."""

@@ -48,6 +48,7 @@ class _Table:
     crowd_chosen: np.ndarray  # (K,) bool, the crowd segment panopticapi uses for its category
     area: np.ndarray  # (K,) float64
     void_col: int
+    ids: np.ndarray  # (K - 1,) int64 the id of each column but the last (VOID's among them)
 
 
 def _table(ids: np.ndarray, segments: Sequence[dict], json_area: bool) -> _Table:
@@ -71,7 +72,7 @@ def _table(ids: np.ndarray, segments: Sequence[dict], json_area: bool) -> _Table
         if crowd[i]:
             crowd_of_cat[int(cat[i])] = i
     chosen[list(crowd_of_cat.values())] = True
-    return _Table(cols, is_seg, cat, crowd, chosen, area, position[VOID])
+    return _Table(cols, is_seg, cat, crowd, chosen, area, position[VOID], known)
 
 
 def _pad(tables: Sequence[_Table], name: str, width: int, fill: Any) -> np.ndarray:
