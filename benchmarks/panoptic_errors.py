@@ -17,10 +17,9 @@ import os
 import sys
 
 from rewardtune.errors import DataError
-from rewardtune.tasks.panoptic.errors import ThingErrors, format_errors, thing_errors
+from rewardtune.tasks.panoptic.errors import ThingErrors, format_errors
 from rewardtune.tasks.panoptic.io import png_folder
-from rewardtune.tasks.panoptic.metrics import PQTotals, read_files
-from rewardtune.tasks.panoptic.pq import pq_stats
+from rewardtune.tasks.panoptic.metrics import read_files
 
 
 def predictions_json(path: str) -> str:
@@ -32,11 +31,10 @@ def run_errors(pred_json: str, gt_json: str, gt_dir: str) -> tuple[ThingErrors, 
     """(the kinds of error, the file scorer's metrics, the gt categories) of one predictions JSON."""
     pairs, categories = read_files(pred_json, png_folder(pred_json), gt_json, gt_dir)
     isthing = {int(c["id"]): int(c.get("isthing", 0)) == 1 for c in categories}
-    errors, totals = ThingErrors(), PQTotals()
+    errors = ThingErrors()
     for pred, gt in pairs:
-        errors.add(thing_errors([pred], [gt], isthing))
-        totals.add(pq_stats([pred], [gt]))
-    return errors, totals.results(categories), categories
+        errors.update([pred], [gt], isthing)
+    return errors, errors.pq.results(categories), categories
 
 
 def main(argv=None) -> int:

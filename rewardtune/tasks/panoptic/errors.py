@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .pq import _joint_histogram, _match
+from .metrics import PQTotals
+from .pq import _match, _Matching
 
 KINDS = ("matched", "wrong_class", "merged", "fragmented", "missed")
 MATCH_IOU, OVERLAP_IOU = 0.5, 0.1
@@ -29,52 +30,50 @@ MATCH_IOU, OVERLAP_IOU = 0.5, 0.1
 
 @dataclass
 class ThingErrors:
-    """Counts over a set of images; category ids as in the ground truth."""
+    """Counts over a set of images; category ids as in the ground truth. `update` adds a batch."""
 
     kinds: Counter = field(default_factory=Counter)  # kind -> gt thing segments
     by_category: dict = field(default_factory=dict)  # gt category id -> Counter of kinds
     confusions: Counter = field(default_factory=Counter)  # (gt category, predicted category) of wrong_class
     spurious: int = 0  # false-positive thing predictions on no gt thing
-
-    def add(self, other: "ThingErrors") -> None:
-        self.kinds.update(other.kinds)
-        for cat, counts in other.by_category.items():
-            self.by_category.setdefault(cat, Counter()).update(counts)
-        self.confusions.update(other.confusions)
-        self.spurious += other.spurious
+    pq: PQTotals = field(default_factory=PQTotals)  # the PQ counts of the same matching (pq.results: PQ things ...)
 
     @property
     def total(self) -> int:
         return sum(self.kinds.values())
 
+    def update(self, preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> "ThingErrors":
+        """Add the kinds of `preds[i]`'s errors against `gts[i]` (panoptic dicts, as `pq_stats` takes them);
+        `isthing`: category id -> bool."""
+        m = _match(preds, gts)
+        self.pq.add(m.stats)
+        for kinds, spurious in _image_kinds(m, isthing):
+            for _, gt_cat, kind, pred_cat in kinds:
+                self.kinds[kind] += 1
+                self.by_category.setdefault(gt_cat, Counter())[kind] += 1
+                if kind == "wrong_class":
+                    self.confusions[(gt_cat, pred_cat)] += 1
+            self.spurious += spurious
+        return self
+
 
 def thing_errors(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> ThingErrors:
-    """The kinds of `preds[i]`'s errors against `gts[i]` (panoptic dicts, as `pq_stats` takes them);
-    `isthing`: category id -> bool."""
-    out = ThingErrors()
-    for kinds, spurious in _image_kinds(preds, gts, isthing):
-        for segment_id, gt_cat, kind, pred_cat in kinds:
-            out.kinds[kind] += 1
-            out.by_category.setdefault(gt_cat, Counter())[kind] += 1
-            if kind == "wrong_class":
-                out.confusions[(gt_cat, pred_cat)] += 1
-        out.spurious += spurious
-    return out
+    """The kinds of `preds[i]`'s errors against `gts[i]` (ThingErrors.update)."""
+    return ThingErrors().update(preds, gts, isthing)
 
 
 def thing_kinds(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> list[dict]:
     """Per image, {gt segment id: its kind}: what became of each of its ground-truth things."""
-    return [{sid: kind for sid, _, kind, _ in kinds} for kinds, _ in _image_kinds(preds, gts, isthing)]
+    return [{sid: kind for sid, _, kind, _ in kinds} for kinds, _ in _image_kinds(_match(preds, gts), isthing)]
 
 
-def _image_kinds(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> list[tuple[list, int]]:
-    """Per image: ([(gt segment id, gt category, kind, category of the prediction overlapping it most)],
-    spurious predictions)."""
-    m = _match(preds, gts)
+def _image_kinds(m: _Matching, isthing: dict) -> list[tuple[list, int]]:
+    """Per image of a matching: ([(gt segment id, gt category, kind, category of the prediction overlapping
+    it most)], spurious predictions)."""
     out = []
     for i, (pt, gt) in enumerate(zip(m.pred_tables, m.gt_tables)):
         p, g = len(pt.is_seg), len(gt.is_seg)
-        inter = _joint_histogram([pt], [gt], p, g)[0]  # (P, G)
+        inter = m.inter[i, :p, :g]
         p_area, void_in_pred = inter.sum(1), inter[:, gt.void_col]
         union = p_area[:, None] + gt.area[None, :] - inter - void_in_pred[:, None]
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=(union > 0) & (inter > 0))

@@ -120,6 +120,7 @@ class _Matching:
     fn: np.ndarray  # (N, G) bool, the gt columns counted as false negatives
     fp: np.ndarray  # (N, P) bool, the pred columns counted as false positives
     pred_cat: np.ndarray  # (N, P) index into stats.categories of each pred column (clipped)
+    inter: np.ndarray  # (N, P, G) pixels of each (pred column, gt column) pair
 
 
 def pq_stats(preds: Sequence[dict], gts: Sequence[dict]) -> PQStats:
@@ -134,7 +135,7 @@ def _match(preds: Sequence[dict], gts: Sequence[dict]) -> _Matching:
     if n == 0:
         z = np.zeros((0, 0), np.int64)
         return _Matching(PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64)), [], z.astype(np.float64), z, [],
-                         z.astype(bool), z.astype(bool), z)
+                         z.astype(bool), z.astype(bool), z, np.zeros((0, 0, 0)))
     pt, gt = _tables(preds, gts)
     p, g = max(len(t.is_seg) for t in pt), max(len(t.is_seg) for t in gt)
     inter = _joint_histogram(pt, gt, p, g)  # (N, P, G)
@@ -174,7 +175,7 @@ def _match(preds: Sequence[dict], gts: Sequence[dict]) -> _Matching:
     fn = count(rows_g, fn_mask).astype(np.int64)
     fp = count(rows_p, fp_mask).astype(np.int64)
     return _Matching(PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum), gt, gt_iou, cat_g, pt, fn_mask, fp_mask,
-                     rows_p - np.arange(n)[:, None] * c)
+                     rows_p - np.arange(n)[:, None] * c, inter)
 
 
 def pq_region_credit(preds: Sequence[dict], gts: Sequence[dict], regions: int) -> np.ndarray:
