@@ -6,6 +6,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMNS = {"captioning": "cider", "colorization": "psnr", "panoptic": "pq"}
 EXPECTED = {
     "captioning": ("0 mle", "0 control", "0 tune", "cider: tune - MLE", "MLE val/cider curve", "no end token"),
     # two branches from MLE, MLE judged on PSNR, and the gray | MLE | tuned | truth grid
@@ -23,6 +24,20 @@ def test_reward_benchmark_quick_prints_the_table(tmp_path, task):
     for row in EXPECTED[task]:
         assert row in proc.stdout, (row, proc.stdout[-3000:])
     assert os.path.exists(tmp_path / "results.json")
+    # --quick's MLE runs all its 4 steps (patience 4 never stops it), so MLE goes on at its final lr to a plateau
+    assert "seed 0 MLE: its schedule ended before patience stopped it" in proc.stdout
+    import json
+    with open(tmp_path / "results.json") as f:
+        result = json.load(f)[0]
+    with open(tmp_path / "seed0" / "mle_more" / "config.json") as f:
+        more = json.load(f)["train"]
+    assert more["schedule"] == "constant" and more["patience"] == 4 and result["mle_more"]["lr"] == more["lr"]
+    with open(tmp_path / "seed0" / "control" / "config.json") as f:
+        assert json.load(f)["train"]["lr"] == more["lr"]
+    assert len(result["mle_curve"]) > 2  # both runs' val points
+    first = COLUMNS[task]  # the MLE row is the plateau run's written files, scored
+    with open(tmp_path / "seed0" / result["plateau"] / "eval" / "val" / "metrics.json") as f:
+        assert result["metrics"]["mle"][first] == pytest.approx(json.load(f)[first], abs=1e-6)
     if task == "colorization":
         from PIL import Image
         grid = Image.open(tmp_path / "seed0" / "grid.png")
