@@ -166,3 +166,37 @@ def test_detection_scores_benchmark_ranks_by_the_verifier_and_hedges_every_box(t
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "detection_scores.py"), run,
                           "--hedge-all", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and "--hedge-all: with --score verifier" in bad.stderr
+
+
+def test_colorization_saturation_finds_the_scale_that_undoes_a_washed_out_model(tmp_path):
+    """A 'model' whose images are the truth with half its chroma: saturating them by 2 brings them back to the
+    truth (PSNR up, colourfulness x2), and the table says x1.5 is first reached before k = 2; a missing image
+    ends with one line naming it and exit 2."""
+    import numpy as np
+    from PIL import Image
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import colorization_saturation as sat
+    rng = np.random.default_rng(0)
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir(), pred.mkdir()
+    for i in range(4):  # blocks of moderate colours (no clipping at k = 2)
+        block = rng.integers(90, 170, size=(4, 4, 3)).astype(np.uint8)
+        truth = np.kron(block, np.ones((8, 8, 1), np.uint8))
+        Image.fromarray(truth).save(gt / f"{i}.png")
+        Image.fromarray(sat.saturate(truth, 0.5)).save(pred / f"{i}.png")
+    truths = [np.asarray(Image.open(gt / f"{i}.png")) for i in range(4)]
+    preds = [np.asarray(Image.open(pred / f"{i}.png")) for i in range(4)]
+    rows = sat.frontier(preds, truths, (1.0, 2.0))
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 10 and rows[1]["psnr"] > 35
+    assert rows[1]["colorfulness"] == pytest.approx(2 * rows[0]["colorfulness"], rel=0.1)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "colorization_saturation.py"),
+                           "--gt-dir", str(gt), "--pred-dir", str(pred), "--scales", "1.25", "1.5", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "model     2.00" in proc.stdout and "x1.5 the model's colourfulness" in proc.stdout
+    assert "first reached at k = 1.50" in proc.stdout, proc.stdout
+    os.remove(pred / "3.png")
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "colorization_saturation.py"),
+                          "--gt-dir", str(gt), "--pred-dir", str(pred)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "no image 3" in bad.stderr
