@@ -24,7 +24,8 @@ def main() -> None:
     table = []
     for r in results:
         seed = r["seed"]
-        with open(os.path.join(args.out, f"data-seed{seed}", "annotations", "captions_val.json")) as f:
+        data = r.get("data") or os.path.join(args.out, f"data-seed{seed}")  # the world the benchmark wrote
+        with open(os.path.join(data, "annotations", "captions_val.json")) as f:
             gt = json.load(f)
         refs: dict = {}
         for a in gt["annotations"]:

@@ -35,6 +35,8 @@ def test_reward_benchmark_quick_prints_the_table(tmp_path, task):
     with open(tmp_path / "seed0" / "control" / "config.json") as f:
         assert json.load(f)["train"]["lr"] == more["lr"]
     assert len(result["mle_curve"]) > 2  # both runs' val points
+    # the world's folder names its level and size: a run asking for another world gets its own
+    assert os.path.samefile(result["data"], tmp_path / "data-seed0-medium-64x16")
     first = COLUMNS[task]  # the MLE row is the plateau run's written files, scored
     with open(tmp_path / "seed0" / result["plateau"] / "eval" / "val" / "metrics.json") as f:
         assert result["metrics"]["mle"][first] == pytest.approx(json.load(f)[first], abs=1e-6)
@@ -62,6 +64,9 @@ def test_learned_codec_benchmark_runs_stage_one_then_the_chain_on_its_code(tmp_p
     code_run = str(tmp_path / "learned" / "seed0" / "codec")
     assert tune["task_options"]["codec"] == "learned" and os.path.samefile(tune["task_options"]["code_run"], code_run)
     assert tune["train"]["credit"] == "local"  # the learned code's tuning recipe: per-cell credit
+    with open(tmp_path / "learned" / "seed0" / "codec" / "config.json") as f:
+        assert json.load(f)["data"]["max_train_images"] == 8000  # stage I: the first 8000; stage II: them all
+    assert tune["data"]["max_train_images"] == 0
     assert not os.path.exists(tmp_path / "results.json")  # the grid benchmark's file is not touched
 
 
