@@ -17,9 +17,9 @@ monitored val metric is the MLE the table shows and the start of the control and
 then stage II MLE (<task>_bench_mle with task_options.codec=learned on that run; panoptic: 6000 steps, to its
 plateau, on 32000 train images while stage I reads the first 8000), tuning (panoptic: 450 steps of per-cell
 credit, train.credit=local) and the control as for the grid code; its runs go to OUT/learned/, its results to
-OUT/results_learned.json, and the table puts grid and learned side by side when OUT/results.json (the grid benchmark) is there too, with the wall time of
-every stage and the reward step's time split (sampling / decoding the samples / reward, as the tuning run
-logged it: train/time_sample, time_decode, time_reward).
+OUT/results_learned.json, and the table puts grid and learned side by side when OUT/results.json (the grid
+benchmark) is there too, with the wall time of every stage and the reward step's time split (sampling /
+decoding the samples / reward, as the tuning run logged it: train/time_sample, time_decode, time_reward).
 
 Recipes: rewardtune/configs/<task>_bench_mle.json and <task>_bench_tune*.json (sorted by the
 "stage_order" in TUNE_STAGES). Every figure is computed by `rewardtune score` from the written
@@ -187,13 +187,13 @@ def run_seed(task: str, seed: int, args) -> dict:
     extras = {}
     if task == "colorization":
         extras["grid"] = colorization_grid(os.path.join(runs_dir, f"seed{seed}"), data, leaves,
-                                           os.path.join(runs_dir, f"seed{seed}", "grid.png"))
+                                           os.path.join(runs_dir, f"seed{seed}", "grid.png"), mle=plateau)
     if task == "panoptic":
         extras["timing"] = sample_vs_reward_time(run(stages[-1]), seed=seed)
     if task == "detection":  # the headroom before and after tuning (rewardtune analyze TUNED --init MLE)
         from rewardtune.analysis import analyze_run
         images, samples = (16, 4) if args.quick else (args.num_val, 16)
-        summary = analyze_run(run(stages[-1]), init_dir=run("mle"), samples=samples, images=images, seed=seed,
+        summary = analyze_run(run(stages[-1]), init_dir=start_of("mle"), samples=samples, images=images, seed=seed,
                               out_dir=os.path.join(run(stages[-1]), "analysis"))
         extras["headroom"] = summary.get("headroom", {})
     extras["time_split"] = {s: logged_means(run(s), [f"train/{k}" for k in TIME_SPLIT]) for s in stages}
@@ -233,8 +233,9 @@ def sample_vs_reward_time(run: str, images: int = 32, samples: int = 8, seed: in
             "decode_s": t2 - t1, "reward_s": t3 - t2}
 
 
-def colorization_grid(seed_dir: str, data: str, leaves: list[str], out_png: str, count: int = 8) -> str:
-    """One row per val image (the first `count` by name): gray input | MLE | each tuned model | truth."""
+def colorization_grid(seed_dir: str, data: str, leaves: list[str], out_png: str, count: int = 8,
+                      mle: str = "mle") -> str:
+    """One row per val image (the first `count` by name): gray input | MLE (run `mle`) | each tuned model | truth."""
     import numpy as np
     from PIL import Image
     val = os.path.join(data, "images", "val")
@@ -244,7 +245,7 @@ def colorization_grid(seed_dir: str, data: str, leaves: list[str], out_png: str,
         truth = np.asarray(Image.open(os.path.join(val, name)).convert("RGB"))
         gray = np.asarray(Image.open(os.path.join(val, name)).convert("L").convert("RGB"))
         cols = [gray] + [np.asarray(Image.open(os.path.join(seed_dir, m, "eval", "val", "images", name)).convert("RGB"))
-                         for m in ["mle", *leaves]] + [truth]
+                         for m in [mle, *leaves]] + [truth]
         rows.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cols], 1))
     Image.fromarray(np.concatenate(rows, 0)).resize((rows[0].shape[1] * 2, len(rows) * rows[0].shape[0] * 2),
                                                     Image.NEAREST).save(out_png)
