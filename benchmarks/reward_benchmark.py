@@ -165,7 +165,8 @@ def run_seed(task: str, seed: int, args) -> dict:
             f"train.lr={floor_lr}"] + extra)
         times["mle_more"] = timed(train, more, run("mle_more"), init_dir=run("mle"))
         times["mle"] += times["mle_more"]  # the table's MLE row: to its plateau, both runs
-        more_info = {"steps": more.train.steps, "lr": floor_lr, "stopped_early": stopped_early(run("mle_more"), more.train.steps)}
+        more_info = {"steps": more.train.steps, "lr": floor_lr,
+                     "stopped_early": stopped_early(run("mle_more"), more.train.steps)}
         lower = mle.monitor.startswith("-")
         if best_value(run("mle_more"), primary, lower) > best_value(run("mle"), primary, lower):
             plateau = "mle_more"
@@ -200,7 +201,8 @@ def run_seed(task: str, seed: int, args) -> dict:
     metrics = {n: scored(task, start_of(n), data) for n in names}
     if args.codec == "learned":  # the code's ceiling: stage I's last validation, decode(encode(truth)) on val
         metrics["codec"] = {c: last_logged(run("codec"), f"val/{c}") for c in COLUMNS[task]}
-    return {**extras, "codec": args.codec, "seed": seed, "data": data, "stages": names, "tuned": stages[-1], "leaves": leaves, "tune_steps": tune_steps, "times": times,
+    return {**extras, "codec": args.codec, "seed": seed, "data": data, "stages": names, "tuned": stages[-1],
+            "leaves": leaves, "tune_steps": tune_steps, "times": times,
             "sampling": sampling,
             "metrics": metrics, "plateau": plateau, "mle_more": more_info,
             "mle_curve": val_curve(run("mle"), primary) + (
@@ -291,8 +293,9 @@ def print_table(task: str, results: list[dict]) -> None:
     for r in results:
         if r.get("mle_more"):
             m = r["mle_more"]
+            ended = "stopped by patience" if m["stopped_early"] else "all steps"
             print(f"seed {r['seed']} MLE: its schedule ended before patience stopped it; it went on for up to "
-                  f"{m['steps']} steps at lr {m['lr']:.3g} (run mle_more, {'stopped by patience' if m['stopped_early'] else 'all steps'}): "
+                  f"{m['steps']} steps at lr {m['lr']:.3g} (run mle_more, {ended}): "
                   f"MLE, the control's and tuning's start, is run {r['plateau']}")
         print(f"seed {r['seed']} MLE val/{r.get('mle_curve_metric', cols[0])} curve (step: value): " + ", ".join(f"{s}: {v:.4f}" for s, v in r["mle_curve"]))
     for r in results:
