@@ -7,8 +7,9 @@ Each image keeps its CIELAB lightness and has its a, b channels multiplied by k 
 the simplest way to be more colourful. For the truth itself (and, with --pred-dir, for a model's written
 images) the table gives colourfulness, PSNR and SSIM against the truth at each k, and the line after it
 the smallest k that reaches `--target` x the model's colourfulness (the truth's without --pred-dir) with the
-PSNR it costs. A colourfulness reward tuned against a fidelity term moves along a frontier of this kind;
-when even this one needs more than the PSNR budget, a target that far above the model is out of reach.
+PSNR it costs. It is a reference, not a bound: a tuned model may saturate only where it is too pale, and pay
+less; but when the truth itself, saturated to the target, is already far from the truth, a target that far
+above the truth's colourfulness costs fidelity whichever way it is reached.
 """
 from __future__ import annotations
 
