@@ -155,8 +155,9 @@ def run_seed(task: str, seed: int, args) -> dict:
         times["codec"] = timed(train, config(task, "codec", data, seed,
                                              own("codec") + extra + (QUICK_CODE if args.quick else [])), run("codec"))
         extra = extra + ["task_options.codec=learned", f"task_options.code_run={json.dumps(run('codec'))}"]
-    times["mle"] = timed(train, config(task, "mle", data, seed, own("mle") + extra), run("mle"))
-    mle = config(task, "mle", data, seed, own("mle") + extra).train
+    mle_config = config(task, "mle", data, seed, own("mle") + extra)
+    times["mle"] = timed(train, mle_config, run("mle"))
+    mle = mle_config.train
     floor_lr = mle.lr * max(mle.min_lr_ratio, 0.01)  # the learning rate MLE ended with: the control's and mle_more's
     primary = mle.monitor.lstrip("-") or COLUMNS[task][0]  # the metric MLE's plateau is judged on
     plateau, more_info = "mle", None
