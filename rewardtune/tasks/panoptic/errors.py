@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .metrics import PQTotals
-from .pq import _match, _Matching
+from .pq import Matching, match_segments
 
 KINDS = ("matched", "wrong_class", "merged", "fragmented", "missed")
 MATCH_IOU, OVERLAP_IOU = 0.5, 0.1
@@ -45,7 +45,7 @@ class ThingErrors:
     def update(self, preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> "ThingErrors":
         """Add the kinds of `preds[i]`'s errors against `gts[i]` (panoptic dicts, as `pq_stats` takes them);
         `isthing`: category id -> bool."""
-        m = _match(preds, gts)
+        m = match_segments(preds, gts)
         self.pq.add(m.stats)
         for kinds, spurious in _image_kinds(m, isthing):
             for _, gt_cat, kind, pred_cat in kinds:
@@ -64,10 +64,10 @@ def thing_errors(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> T
 
 def thing_kinds(preds: Sequence[dict], gts: Sequence[dict], isthing: dict) -> list[dict]:
     """Per image, {gt segment id: its kind}: what became of each of its ground-truth things."""
-    return [{sid: kind for sid, _, kind, _ in kinds} for kinds, _ in _image_kinds(_match(preds, gts), isthing)]
+    return [{sid: kind for sid, _, kind, _ in kinds} for kinds, _ in _image_kinds(match_segments(preds, gts), isthing)]
 
 
-def _image_kinds(m: _Matching, isthing: dict) -> list[tuple[list, int]]:
+def _image_kinds(m: Matching, isthing: dict) -> list[tuple[list, int]]:
     """Per image of a matching: ([(gt segment id, gt category, kind, category of the prediction overlapping
     it most)], spurious predictions)."""
     out = []

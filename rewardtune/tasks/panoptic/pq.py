@@ -109,7 +109,7 @@ def _joint_histogram(pt: Sequence[_Table], gt: Sequence[_Table], p: int, g: int)
 
 
 @dataclass
-class _Matching:
+class Matching:
     """pq_stats' counts and what produced them, for the per-region credit (`pq_region_credit`)."""
 
     stats: PQStats
@@ -125,17 +125,17 @@ class _Matching:
 
 def pq_stats(preds: Sequence[dict], gts: Sequence[dict]) -> PQStats:
     """Per-image, per-category tp / fp / fn / IoU sums of `preds[i]` against `gts[i]`."""
-    return _match(preds, gts).stats
+    return match_segments(preds, gts).stats
 
 
-def _match(preds: Sequence[dict], gts: Sequence[dict]) -> _Matching:
+def match_segments(preds: Sequence[dict], gts: Sequence[dict]) -> Matching:
     if len(preds) != len(gts):
         raise ValueError(f"pq_stats: {len(preds)} predictions for {len(gts)} ground truths")
     n = len(preds)
     if n == 0:
         z = np.zeros((0, 0), np.int64)
-        return _Matching(PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64)), [], z.astype(np.float64), z, [],
-                         z.astype(bool), z.astype(bool), z, np.zeros((0, 0, 0)))
+        return Matching(PQStats(np.zeros(0, np.int64), z, z, z, z.astype(np.float64)), [], z.astype(np.float64), z, [],
+                        z.astype(bool), z.astype(bool), z, np.zeros((0, 0, 0)))
     pt, gt = _tables(preds, gts)
     p, g = max(len(t.is_seg) for t in pt), max(len(t.is_seg) for t in gt)
     inter = _joint_histogram(pt, gt, p, g)  # (N, P, G)
@@ -174,8 +174,8 @@ def _match(preds: Sequence[dict], gts: Sequence[dict]) -> _Matching:
     iou_sum = count(rows_g, gt_matched, gt_iou)
     fn = count(rows_g, fn_mask).astype(np.int64)
     fp = count(rows_p, fp_mask).astype(np.int64)
-    return _Matching(PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum), gt, gt_iou, cat_g, pt, fn_mask, fp_mask,
-                     rows_p - np.arange(n)[:, None] * c, inter)
+    return Matching(PQStats(cats.astype(np.int64), tp, fp, fn, iou_sum), gt, gt_iou, cat_g, pt, fn_mask, fp_mask,
+                    rows_p - np.arange(n)[:, None] * c, inter)
 
 
 def pq_region_credit(preds: Sequence[dict], gts: Sequence[dict], regions: int) -> np.ndarray:
@@ -188,18 +188,16 @@ def pq_region_credit(preds: Sequence[dict], gts: Sequence[dict], regions: int) -
     split segment earns its pixels nothing; false positives lower the terms of their category. An image
     where nothing counts (PQ 1) spreads its 1 evenly.
     """
-    return _region_credit(_match(preds, gts), gts, regions)
+    return _region_credit(match_segments(preds, gts), gts, regions)
 
 
-def _region_credit(m: _Matching, gts: Sequence[dict], regions: int) -> np.ndarray:
+def _region_credit(m: Matching, gts: Sequence[dict], regions: int) -> np.ndarray:
     s = m.stats
     n = len(m.gt_tables)
     out = np.zeros((n, regions, regions))
     if n == 0:
         return out
-    tp, fp, fn = (np.asarray(x, np.float64) for x in (s.tp, s.fp, s.fn))
-    present = (tp + fp + fn) > 0
-    denom = np.where(present, tp + 0.5 * fp + 0.5 * fn, 1.0)  # (N, C)
+    present, denom = _denominator(s.tp, s.fp, s.fn)  # (N, C) each
     counted = present.sum(1)  # (N,)
     for i, table in enumerate(m.gt_tables):
         h, w = np.asarray(gts[i]["map"]).shape
@@ -227,15 +225,22 @@ def _over_pixels(table: _Table, term: np.ndarray) -> tuple[np.ndarray, float]:
             float(term[pixels == 0].sum()))
 
 
+def _denominator(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PQ's denominator tp + fp/2 + fn/2 -> (present: where a category has a segment (tp + fp + fn > 0), the
+    denominator there and 1 elsewhere, safe to divide by)."""
+    den = np.asarray(tp, np.float64) + 0.5 * np.asarray(fp, np.float64) + 0.5 * np.asarray(fn, np.float64)
+    present = den > 0  # the counts are >= 0: the same as tp + fp + fn > 0
+    return present, np.where(present, den, 1.0)
+
+
 def average_pq(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, iou: np.ndarray,
                empty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """panopticapi's `pq_average` over the last axis: the mean over categories with tp+fp+fn > 0.
 
     Returns (pq, sq, rq, n) with the leading shape of the inputs; `empty` where n == 0.
     """
-    tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
-    present = (tp + fp + fn) > 0
-    denom = np.where(present, tp + 0.5 * fp + 0.5 * fn, 1.0)
+    present, denom = _denominator(tp, fp, fn)
+    tp = np.asarray(tp, np.float64)
     pq_c = np.where(present, iou / denom, 0.0)
     sq_c = np.divide(iou, tp, out=np.zeros_like(tp), where=tp > 0)
     rq_c = np.where(present, tp / denom, 0.0)
@@ -269,7 +274,7 @@ def pq_image(pred: dict, gt: dict) -> tuple[float, float, float]:
 def pq_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tuple[torch.Tensor, dict[str, torch.Tensor]]":
     """The paper's panoptic reward: per-image PQ, FloatTensor[N]; parts {"sq", "rq"} FloatTensor[N] and
     where the PQ was earned, REGION_PART FloatTensor[N, REGIONS, REGIONS] (`pq_region_credit`)."""
-    m = _match(outputs, targets)  # matched once for the values and the regions
+    m = match_segments(outputs, targets)  # matched once for the values and the regions
     pq, sq, rq = _per_image(m.stats)
     as_tensor = lambda x: torch.from_numpy(x.astype(np.float32))  # noqa: E731
     return as_tensor(pq), {"sq": as_tensor(sq), "rq": as_tensor(rq),
@@ -290,16 +295,16 @@ def dataset_pq_shares(preds: Sequence[dict], gts: Sequence[dict], regions: int) 
     (rare categories weigh more). The regions: each term spread evenly over its segment's pixels (a false
     positive's on its predicted pixels), the batch's PQ evenly over the image; they sum to the share.
     """
-    return _dataset_shares(_match(preds, gts), gts, regions)
+    return _dataset_shares(match_segments(preds, gts), gts, regions)
 
 
-def _dataset_shares(m: _Matching, gts: Sequence[dict], regions: int) -> tuple[np.ndarray, np.ndarray]:
+def _dataset_shares(m: Matching, gts: Sequence[dict], regions: int) -> tuple[np.ndarray, np.ndarray]:
     s, n = m.stats, len(m.gt_tables)
     out = np.zeros((n, regions, regions))
     if n == 0:
         return np.zeros(0), out
-    tp, fp, fn = (np.asarray(x, np.float64) for x in (s.tp, s.fp, s.fn))
-    den = tp + 0.5 * fp + 0.5 * fn  # (N, C)
+    present_i, den = _denominator(s.tp, s.fp, s.fn)
+    den = np.where(present_i, den, 0.0)  # (N, C), 0 where an image has no segment of a category
     pooled = den.sum(0)  # (C,)
     present = pooled > 0
     counted = int(present.sum())
@@ -330,7 +335,7 @@ def pq_dataset_reward(outputs: Sequence[dict], targets: Sequence[dict]) -> "tupl
     """A departure from the paper (docs/method.md): each output's first-order share of the batch's dataset-level
     PQ (`dataset_pq_shares`), the metric `pq_compute` reports, instead of its own image's PQ; parts: the
     per-image "pq" beside it and REGION_PART, where the share was earned (for train.credit = "local")."""
-    m = _match(outputs, targets)  # matched once for the shares, their regions and the per-image PQ
+    m = match_segments(outputs, targets)  # matched once for the shares, their regions and the per-image PQ
     share, regions = _dataset_shares(m, targets, REGIONS)
     pq, _, _ = _per_image(m.stats)
     as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.float32))  # noqa: E731
